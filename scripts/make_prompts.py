@@ -8,7 +8,7 @@ lookup (``<astdatadir>/sounds/<lang>/consent-ivr/<id>``, falling back to ``en``)
 caller's language.
 
 ``sounds/manifest.json`` records, for each (id, lang), the exact rendered text, the file
-(relative to ``sounds/``) and the sha256 of the file's bytes. The audio is synthesised with
+(relative to ``sounds/``), the sha256 of the file's bytes and its length in 8 kHz samples. The audio is synthesised with
 espeak-ng and resampled with sox, both run as subprocesses; sox runs with dithering off
 (``-D``) so the same tool versions give byte-identical files.
 
@@ -107,6 +107,12 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def wav_samples(path: Path) -> int:
+    """Length in 8 kHz samples (the unit of STREAM FILE's endpos), for the flows' timeouts."""
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes()
+
+
 def wav_format_errors(path: Path) -> list[str]:
     """Errors if ``path`` is not an 8 kHz mono 16-bit PCM WAV with some audio."""
     try:
@@ -129,9 +135,10 @@ def wav_format_errors(path: Path) -> list[str]:
 
 def manifest_document(root: Path, entries: list[dict[str, str]]) -> dict[str, Any]:
     data = load_catalogue(root)
-    prompts = [
-        {**entry, "sha256": sha256_file(root / "sounds" / entry["file"])} for entry in entries
-    ]
+    prompts = []
+    for entry in entries:
+        path = root / "sounds" / entry["file"]
+        prompts.append({**entry, "sha256": sha256_file(path), "samples": wav_samples(path)})
     return {
         "organisation": str(data["vars"].get("organisation", "")),
         "freephone": str(data["vars"].get("freephone", "")),
@@ -170,7 +177,10 @@ def check(root: Path = ROOT) -> list[str]:
             continue
         if sha256_file(path) != have.get("sha256"):
             errors.append(f"{key}: {path} sha256 differs from manifest")
-        errors.extend(wav_format_errors(path))
+        format_errors = wav_format_errors(path)
+        errors.extend(format_errors)
+        if not format_errors and wav_samples(path) != have.get("samples"):
+            errors.append(f"{key}: manifest samples {have.get('samples')} != {wav_samples(path)}")
     if manifest.get("prompts") != sorted(
         manifest.get("prompts", []), key=lambda p: (p["id"], p["lang"])
     ):
