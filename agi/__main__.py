@@ -1,0 +1,5 @@
+"""``python -m agi`` → the ``consent-ivr`` command line."""
+
+from agi.cli import main
+
+raise SystemExit(main())

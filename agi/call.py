@@ -1,0 +1,40 @@
+"""What a flow gets for one call: the channel, the AGI environment, timing, a logger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agi.channel import Channel
+from agi.protocol import AGIEnv
+
+__all__ = ["Call", "RouteHandler"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One FastAGI session, as handed to a route handler."""
+
+    channel: Channel
+    route: str
+    params: dict[str, str]
+    call_id: str
+    log: Any
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_mono: float = field(default_factory=time.monotonic)
+    #: set by the flow for the ``call_finished`` log line (e.g. ``opted_in``)
+    outcome: str = "unknown"
+
+    @property
+    def env(self) -> AGIEnv:
+        return self.channel.env
+
+    def offset_ms(self) -> int:
+        """Milliseconds since the call reached the server."""
+        return int((time.monotonic() - self.started_mono) * 1000)
+
+
+RouteHandler = Callable[[Call], Awaitable[None]]

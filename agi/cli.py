@@ -1,0 +1,334 @@
+"""``consent-ivr`` command line: the only place that wires concrete objects together.
+
+``main(argv=None) -> int`` so tests call it directly. Invalid configuration or
+input prints one clear line on stderr and returns 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agi.config import ConfigError, Settings
+from agi.logconfig import configure_logging
+
+__all__ = ["CommandError", "main"]
+
+log = structlog.get_logger("agi.cli")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def database_url(settings: Settings) -> str:
+    """``DATABASE_URL``, or the embedded PostgreSQL in ``data_dir`` (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from agi.pgembed import EmbeddedPostgres, EmbeddedPostgresError
+
+    try:
+        url = EmbeddedPostgres(settings.data_dir / "postgres").start()
+    except EmbeddedPostgresError as exc:
+        raise CommandError(f"could not start the embedded PostgreSQL: {exc}") from exc
+    log.info("embedded_postgres_running", data_dir=str(settings.data_dir / "postgres"))
+    return url
+
+
+@contextlib.asynccontextmanager
+async def open_pool(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Any]:
+    import asyncpg
+
+    from agi.ledger import apply_migrations, connect_pool
+
+    url = database_url(settings)
+    try:
+        pool = await connect_pool(
+            url, min_size=1, max_size=settings.db_pool_max, timeout=settings.db_timeout
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise CommandError(f"cannot connect to the database: {exc}") from exc
+    try:
+        if migrate:
+            async with pool.acquire() as conn:
+                applied = await apply_migrations(conn)
+            if applied:
+                log.info("migrations_applied", migrations=applied)
+        yield pool
+    finally:
+        await pool.close()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from agi.flows.consent import ConsentFlow
+    from agi.journal import Journal
+    from agi.ledger import Ledger
+    from agi.prompts import PromptCatalogue, PromptError
+    from agi.server import AGIServer
+    from agi.store import LedgerStore
+
+    try:
+        prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
+    except PromptError as exc:
+        raise CommandError(str(exc)) from exc
+    if prompts.organisation and prompts.organisation != settings.organisation:
+        raise CommandError(
+            f"CONSENT_IVR_ORGANISATION is {settings.organisation!r} but the prompts name "
+            f"{prompts.organisation!r}: regenerate sounds/ (scripts/make_prompts.py) or fix the "
+            "setting — callers must hear who is really asking"
+        )
+    async with open_pool(settings, migrate=True) as pool:
+        ledger = Ledger(pool, timeout=settings.db_timeout)
+        journal = Journal(settings.journal_dir)
+        store = LedgerStore(ledger, journal)
+        try:
+            routes: dict[str, Any] = {"consent": ConsentFlow(settings, store, prompts)}
+        except PromptError as exc:
+            raise CommandError(str(exc)) from exc
+        for name, factory in ROUTE_FACTORIES.items():
+            routes[name] = factory(settings, pool, store, prompts)
+        server = AGIServer(settings, routes)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            ) from exc
+        replayer = asyncio.create_task(_replay_forever(ledger, journal, stop))
+        print(
+            f"consent-ivr listening on agi://{settings.host}:{server.port} "
+            f"(routes: {', '.join(sorted(routes))}); Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        await server.serve_until(stop)
+        replayer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replayer
+    return 0
+
+
+async def _replay_forever(ledger: Any, journal: Any, stop: asyncio.Event) -> None:
+    """Replay journaled decisions once the database answers again."""
+    from agi.ledger import LedgerUnavailable
+    from agi.store import replay_journal
+
+    while not stop.is_set():
+        try:
+            if journal.depth():
+                counts = await replay_journal(ledger, journal)
+                log.info("journal_replayed", **counts)
+        except LedgerUnavailable:
+            pass
+        except Exception:
+            log.exception("journal_replay_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from agi.ledger import apply_migrations
+
+    async with open_pool(settings) as pool, pool.acquire() as conn:
+        applied = await apply_migrations(conn)
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from agi.ledger import Ledger
+    from agi.numbers import normalise
+
+    number = normalise(args.number, settings.default_region)
+    if number is None:
+        raise CommandError(
+            f"{args.number!r} is not a valid phone number (region {settings.default_region})"
+        )
+    purpose = args.purpose or settings.default_purpose
+    async with open_pool(settings, migrate=True) as pool:
+        ledger = Ledger(pool, timeout=settings.db_timeout)
+        status = await ledger.consent_at(
+            number, purpose, organisation=args.organisation, with_history=True
+        )
+        attempts = await ledger.attempts_for(number)
+    if args.json:
+        out = status.to_json()
+        out["attempts"] = attempts
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{number}  purpose={purpose}  state={status.state}  (as of {status.at.isoformat()})")
+    for e in status.history:
+        print(
+            f"  #{e.id} {e.decided_at.isoformat()} {e.decision:<7} {e.method} "
+            f"evidence={e.evidence_strength} org={e.organisation!r} uniqueid={e.uniqueid}"
+        )
+    if attempts:
+        print(f"  {len(attempts)} call(s) without a decision")
+    return 0
+
+
+async def cmd_journal(settings: Settings, args: argparse.Namespace) -> int:
+    from agi.journal import Journal
+    from agi.ledger import Ledger, LedgerUnavailable
+    from agi.store import replay_journal
+
+    journal = Journal(settings.journal_dir)
+    if args.action == "depth":
+        print(journal.depth())
+        return 0
+    async with open_pool(settings, migrate=True) as pool:
+        try:
+            counts = await replay_journal(Ledger(pool, timeout=settings.db_timeout), journal)
+        except LedgerUnavailable as exc:
+            raise CommandError(f"database unavailable, journal kept: {exc}") from exc
+    print(
+        f"replayed {counts['replayed']} new, {counts['duplicates']} already in the ledger, "
+        f"from {counts['files']} file(s)"
+    )
+    return 0
+
+
+async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from agi.simulator import SimulatedCall, parse_presses
+
+    try:
+        presses = parse_presses(args.press)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    sim = SimulatedCall(
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        network_script=args.route,
+        callerid=args.caller_id,
+        calleridname=args.caller_name,
+        language=args.language,
+        presses=presses,
+        hangup_after=args.hangup_after,
+        sounds_dir=settings.sounds_dir,
+    )
+    try:
+        record = await sim.run(echo=lambda line: print(line, flush=True))
+    except OSError as exc:
+        raise CommandError(
+            f"cannot reach a FastAGI server at {sim.host}:{sim.port}: {exc.strerror or exc}"
+        ) from exc
+    print(f"-- variables: {json.dumps(record.variables)}")
+    return 0
+
+
+Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+#: route name → factory(settings, pool, store, prompts) -> RouteHandler; filled by plugins
+ROUTE_FACTORIES: dict[str, Callable[..., Any]] = {}
+#: extra subcommands: name → (add_arguments(parser), handler)
+EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def _load_plugins() -> None:
+    """Import feature modules that register routes and subcommands."""
+    import importlib
+
+    for name in ("agi.commands",):
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consent-ivr",
+        description="Consent-first IVR for Asterisk: FastAGI consent capture and a "
+        "fail-closed marketing gate.",
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default=None)
+    parser.add_argument("--log-level", default=None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the FastAGI server (migrates first)")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default 4573)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.set_defaults(handler=cmd_migrate)
+
+    p = sub.add_parser("status", help="consent state and evidence of one number")
+    p.add_argument("number")
+    p.add_argument("--purpose", default=None)
+    p.add_argument("--organisation", default=None, help="only this organisation's events")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("journal", help="inspect or replay the durable journal")
+    p.add_argument("action", choices=["replay", "depth"])
+    p.set_defaults(handler=cmd_journal)
+
+    p = sub.add_parser(
+        "simulate-call", help="play Asterisk against a running server and print the dialogue"
+    )
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--route", default="consent?purpose=marketing-calls",
+                   help="path and query of the AGI URL")
+    p.add_argument("--press", default="", help="keys, one entry per prompt: e.g. 1,1 or "
+                   "'-' for silence; GET DATA entries take several digits (07400123456#)")
+    p.add_argument("--caller-id", default="+447400123456")
+    p.add_argument("--caller-name", default="Simulated Caller")
+    p.add_argument("--language", default="en")
+    p.add_argument("--hangup-after", type=int, default=None,
+                   help="hang up after N commands")
+    p.set_defaults(handler=cmd_simulate)
+
+    for name, (add_args, handler) in EXTRA_COMMANDS.items():
+        p = sub.add_parser(name)
+        add_args(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+_FLAG_SETTINGS = ("host", "port", "log_format", "log_level")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k, None) for k in _FLAG_SETTINGS}
+    if args.command == "simulate-call":
+        overrides.pop("host")
+        overrides.pop("port")
+    try:
+        settings = Settings.from_env(**overrides)
+    except ConfigError as exc:
+        print(f"consent-ivr: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(args.handler(settings, args))
+    except (CommandError, ConfigError) as exc:
+        print(f"consent-ivr: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

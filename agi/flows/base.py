@@ -1,0 +1,91 @@
+"""What flows depend on: small interfaces, and the prompt/keypad helpers they share.
+
+Flows hold no SQL and no sockets. They talk to the caller through
+:class:`agi.channel.Channel` verbs and to storage through :class:`DecisionStore`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agi.call import Call
+from agi.ledger import AttemptRecord, ConsentDecision, DigitPress, PromptHeard
+from agi.prompts import PromptCatalogue
+
+__all__ = ["CommitResult", "DecisionStore", "Dialogue", "StorageUnavailable"]
+
+
+class StorageUnavailable(Exception):
+    """Neither the ledger nor the durable journal could take the decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """Where a decision now lives: in the ledger (with its id) or only in the journal."""
+
+    event_id: int | None
+    created: bool
+    journaled: bool = False
+
+
+class DecisionStore(Protocol):
+    """Durable storage of decisions and attempts, as the flows need it."""
+
+    async def commit_decision(self, decision: ConsentDecision) -> CommitResult:
+        """Persist durably before returning, or raise :class:`StorageUnavailable`."""
+        ...
+
+    async def record_attempt(self, attempt: AttemptRecord) -> None:
+        """Best effort: log and swallow failures (an attempt is never consent)."""
+        ...
+
+
+@dataclass(slots=True)
+class Dialogue:
+    """The evidence of one call as it happens: prompts heard and keys pressed."""
+
+    call: Call
+    prompts: PromptCatalogue
+    heard: list[PromptHeard] = field(default_factory=list)
+    digits: list[DigitPress] = field(default_factory=list)
+
+    @property
+    def lang(self) -> str:
+        return self.call.env.language
+
+    async def play(self, prompt_id: str, escape: str = "") -> str | None:
+        """Play one prompt; return the digit that interrupted it (barge-in), if any.
+
+        A prompt Asterisk cannot play raises :class:`agi.protocol.AGIAppError`: the
+        caller did not hear it, so the flow must not go on as if they had.
+        """
+        prompt = self.prompts.get(prompt_id, self.lang)
+        max_s = max(prompt.samples / 8000.0, 0.0) + 30.0 if prompt.samples else 600.0
+        result = await self.call.channel.stream_file(
+            self.prompts.path_for(prompt_id), escape, max_seconds=max_s
+        )
+        self.heard.append(prompt.heard(interrupted=result.digit is not None))
+        return result.digit
+
+    def pressed(self, step: str, digit: str) -> None:
+        self.digits.append(DigitPress(step=step, digit=digit, offset_ms=self.call.offset_ms()))
+
+    async def ask(self, prompt_id: str, step: str, escape: str, timeout_ms: int) -> str | None:
+        """Play ``prompt_id`` (interruptible by ``escape``), then wait for one key.
+
+        One GET OPTION, not STREAM FILE then WAIT FOR DIGIT: a key pressed between two
+        commands is lost by Asterisk (transcript 29), so the wait must not have a gap.
+        """
+        prompt = self.prompts.get(prompt_id, self.lang)
+        max_s = prompt.samples / 8000.0 + 30.0 if prompt.samples else 600.0
+        result = await self.call.channel.get_option(
+            self.prompts.path_for(prompt_id), escape, timeout_ms, max_seconds=max_s
+        )
+        interrupted = result.digit is not None and (
+            not prompt.samples or result.endpos < prompt.samples
+        )
+        self.heard.append(prompt.heard(interrupted=interrupted))
+        if result.digit is not None:
+            self.pressed(step, result.digit)
+        return result.digit

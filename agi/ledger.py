@@ -1,0 +1,453 @@
+"""The consent ledger: every SQL statement about consent lives here (asyncpg).
+
+Domain types go in and out, never asyncpg records. Writes are idempotent on a
+natural key, so a retried or replayed write never creates a second row; the
+database itself refuses UPDATE and DELETE of consent events.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from agi.config import repo_root
+
+__all__ = [
+    "AttemptRecord",
+    "ConsentDecision",
+    "ConsentStatus",
+    "DigitPress",
+    "Ledger",
+    "LedgerUnavailable",
+    "PromptHeard",
+    "StoredEvent",
+    "apply_migrations",
+    "connect_pool",
+    "migrations_dir",
+]
+
+_MIGRATION_LOCK = 0x636F6E73  # 'cons': one migrator at a time, across hosts
+
+
+class LedgerUnavailable(Exception):
+    """The database could not be reached or answered too late. Fail closed."""
+
+
+def migrations_dir() -> Path:
+    return repo_root() / "db" / "migrations"
+
+
+_MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
+
+
+async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+    """Apply pending ``NNN_name.sql`` files in order, each in a transaction.
+
+    An advisory lock serialises concurrent migrators (several servers starting at
+    once); re-running is a no-op. Returns the names applied.
+    """
+    directory = directory or migrations_dir()
+    files = sorted(p for p in directory.iterdir() if _MIGRATION_NAME.fullmatch(p.name))
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migration (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
+        for path in files:
+            version = int(path.name[:3])
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migration (version, name) VALUES ($1, $2)",
+                    version,
+                    path.name,
+                )
+            applied.append(path.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def pending_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+    directory = directory or migrations_dir()
+    files = sorted(p.name for p in directory.iterdir() if _MIGRATION_NAME.fullmatch(p.name))
+    try:
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migration")}
+    except asyncpg.UndefinedTableError:
+        return files
+    return [f for f in files if f not in done]
+
+
+async def connect_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 3.0
+) -> asyncpg.Pool:
+    """A pool whose every statement is bounded by ``timeout`` seconds."""
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        server_settings={"application_name": "consent-ivr"},
+    )
+    assert pool is not None
+    return pool
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True, slots=True)
+class DigitPress:
+    """One key the caller pressed, at which step, how long after the call started."""
+
+    step: str
+    digit: str
+    offset_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PromptHeard:
+    """One prompt played to the caller (whole or interrupted), with its manifest hash."""
+
+    id: str
+    lang: str
+    sha256: str
+    text: str
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentDecision:
+    """Everything recorded with one decision: who, when, how, and what they heard."""
+
+    number_e164: str
+    organisation: str
+    purpose: str
+    decision: str  # 'opt_in' | 'opt_out'
+    method: str
+    evidence_strength: str  # 'caller_id' | 'keyed_in' | 'import'
+    decided_at: datetime
+    idempotency_key: str
+    instance: str
+    channel: str = "automated_call"
+    digits: Sequence[DigitPress] = ()
+    prompts: Sequence[PromptHeard] = ()
+    uniqueid: str | None = None
+    linkedid: str | None = None
+    channel_name: str | None = None
+    callerid_num: str | None = None
+    callerid_name: str | None = None
+    call_started_at: datetime | None = None
+    captured_by: str = "first_party"
+    third_party_name: str | None = None
+    source: str = "live"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able form (for the durable journal)."""
+        out = asdict(self)
+        for key in ("decided_at", "call_started_at"):
+            if out[key] is not None:
+                out[key] = out[key].isoformat()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConsentDecision:
+        data = dict(data)
+        data["decided_at"] = datetime.fromisoformat(data["decided_at"])
+        if data.get("call_started_at"):
+            data["call_started_at"] = datetime.fromisoformat(data["call_started_at"])
+        data["digits"] = tuple(DigitPress(**d) for d in data.get("digits", ()))
+        data["prompts"] = tuple(PromptHeard(**p) for p in data.get("prompts", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """A call that ended without a decision (or was refused): audit, never consent."""
+
+    route: str
+    outcome: str  # no_decision | hangup | error | interrupted | refused
+    reason: str
+    idempotency_key: str
+    instance: str
+    number_e164: str | None = None
+    organisation: str | None = None
+    purpose: str | None = None
+    digits: Sequence[DigitPress] = ()
+    prompts: Sequence[PromptHeard] = ()
+    uniqueid: str | None = None
+    linkedid: str | None = None
+    channel_name: str | None = None
+    callerid_num: str | None = None
+    callerid_name: str | None = None
+    call_started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A consent event as stored."""
+
+    id: int
+    recorded_at: datetime
+    decided_at: datetime
+    number_e164: str
+    organisation: str
+    purpose: str
+    channel: str
+    decision: str
+    method: str
+    evidence_strength: str
+    captured_by: str
+    third_party_name: str | None
+    digits: list[dict[str, Any]]
+    prompts: list[dict[str, Any]]
+    uniqueid: str | None
+    linkedid: str | None
+    channel_name: str | None
+    callerid_num: str | None
+    callerid_name: str | None
+    call_started_at: datetime | None
+    instance: str
+    source: str
+    idempotency_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentStatus:
+    """Answer to "what is the consent of N for P at T": the latest event, if any."""
+
+    number_e164: str
+    purpose: str
+    organisation: str | None
+    at: datetime
+    state: str  # 'opted_in' | 'opted_out' | 'none'
+    latest: StoredEvent | None
+    history: list[StoredEvent] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number_e164,
+            "purpose": self.purpose,
+            "organisation": self.organisation,
+            "at": self.at.isoformat(),
+            "state": self.state,
+            "latest": self.latest.to_json() if self.latest else None,
+            "history": [e.to_json() for e in self.history],
+        }
+
+
+def _prompts_json(prompts: Sequence[PromptHeard]) -> str:
+    return json.dumps([asdict(p) for p in prompts], ensure_ascii=False)
+
+
+def _digits_json(digits: Sequence[DigitPress]) -> str:
+    return json.dumps([asdict(d) for d in digits])
+
+
+_EVENT_COLUMNS = """id, recorded_at, decided_at, number_e164, organisation, purpose, channel,
+    decision, method, evidence_strength, captured_by, third_party_name, digits, prompts,
+    uniqueid, linkedid, channel_name, callerid_num, callerid_name, call_started_at,
+    instance, source, idempotency_key"""
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
+    data = dict(row)
+    data["digits"] = json.loads(data["digits"])
+    data["prompts"] = json.loads(data["prompts"])
+    return StoredEvent(**data)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class Ledger:
+    """Consent reads and writes over an asyncpg pool; failures become LedgerUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    async def record_decision(self, d: ConsentDecision) -> tuple[int, bool]:
+        """Store one decision exactly once. Returns (event id, True if newly stored).
+
+        Raises :class:`LedgerUnavailable` when the database cannot confirm the write:
+        the caller must then not be told the decision was stored (or must journal it).
+        """
+        sql = f"""
+            WITH ins AS (
+                INSERT INTO consent_event (
+                    decided_at, number_e164, organisation, purpose, channel, decision, method,
+                    captured_by, third_party_name, evidence_strength, digits, prompts, uniqueid,
+                    linkedid, channel_name, callerid_num, callerid_name, call_started_at,
+                    instance, source, idempotency_key)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13,
+                        $14, $15, $16, $17, $18, $19, $20, $21)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id)
+            SELECT id, true AS created FROM ins
+            UNION ALL
+            SELECT id, false FROM consent_event WHERE idempotency_key = $21
+            LIMIT 1"""
+        _ = _EVENT_COLUMNS
+        try:
+            row = await self.pool.fetchrow(
+                sql,
+                d.decided_at,
+                d.number_e164,
+                d.organisation,
+                d.purpose,
+                d.channel,
+                d.decision,
+                d.method,
+                d.captured_by,
+                d.third_party_name,
+                d.evidence_strength,
+                _digits_json(d.digits),
+                _prompts_json(d.prompts),
+                d.uniqueid,
+                d.linkedid,
+                d.channel_name,
+                d.callerid_num,
+                d.callerid_name,
+                d.call_started_at,
+                d.instance,
+                d.source,
+                d.idempotency_key,
+                timeout=self.timeout,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:
+            raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+        if row is None:  # concurrent insert committed between the two halves: read it
+            existing = await self.pool.fetchval(
+                "SELECT id FROM consent_event WHERE idempotency_key = $1", d.idempotency_key
+            )
+            return int(existing), False
+        return int(row["id"]), bool(row["created"])
+
+    async def record_attempt(self, a: AttemptRecord) -> int | None:
+        """Store a call that ended without a decision; idempotent. Returns its id."""
+        try:
+            value = await self.pool.fetchval(
+                """INSERT INTO consent_attempt (
+                       route, outcome, reason, number_e164, organisation, purpose, digits,
+                       prompts, uniqueid, linkedid, channel_name, callerid_num, callerid_name,
+                       call_started_at, ended_at, instance, idempotency_key)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13,
+                           $14, $15, $16, $17)
+                   ON CONFLICT (idempotency_key) DO NOTHING
+                   RETURNING id""",
+                a.route,
+                a.outcome,
+                a.reason,
+                a.number_e164,
+                a.organisation,
+                a.purpose,
+                _digits_json(a.digits),
+                _prompts_json(a.prompts),
+                a.uniqueid,
+                a.linkedid,
+                a.channel_name,
+                a.callerid_num,
+                a.callerid_name,
+                a.call_started_at,
+                a.ended_at,
+                a.instance,
+                a.idempotency_key,
+                timeout=self.timeout,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:
+            raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+        return int(value) if value is not None else None
+
+    async def consent_at(
+        self,
+        number_e164: str,
+        purpose: str,
+        *,
+        organisation: str | None = None,
+        at: datetime | None = None,
+        channel: str = "automated_call",
+        with_history: bool = False,
+    ) -> ConsentStatus:
+        """What is the consent of ``number`` for ``purpose`` at time ``at`` (default now)?
+
+        The latest decision wins (by when the caller decided, then by id); only events
+        the ledger already held at ``at`` count. With ``organisation=None`` every
+        organisation's events count (CLI overview); the gate always passes one.
+        """
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                now = at or await conn.fetchval("SELECT clock_timestamp()")
+                rows = await conn.fetch(
+                    f"""SELECT {_EVENT_COLUMNS} FROM consent_event
+                        WHERE number_e164 = $1 AND purpose = $2 AND channel = $3
+                          AND ($4::text IS NULL OR organisation = $4)
+                          AND recorded_at <= $5 AND decided_at <= $5
+                        ORDER BY decided_at DESC, id DESC
+                        LIMIT $6""",
+                    number_e164,
+                    purpose,
+                    channel,
+                    organisation,
+                    now,
+                    1000 if with_history else 1,
+                    timeout=self.timeout,
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:
+            raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+        events = [_event(r) for r in rows]
+        latest = events[0] if events else None
+        state = "none"
+        if latest is not None:
+            state = "opted_in" if latest.decision == "opt_in" else "opted_out"
+        return ConsentStatus(
+            number_e164=number_e164,
+            purpose=purpose,
+            organisation=organisation,
+            at=now,
+            state=state,
+            latest=latest,
+            history=events if with_history else [],
+        )
+
+    async def attempts_for(self, number_e164: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """SELECT id, recorded_at, route, outcome, reason, purpose, uniqueid, digits
+               FROM consent_attempt WHERE number_e164 = $1
+               ORDER BY recorded_at DESC, id DESC LIMIT $2""",
+            number_e164,
+            limit,
+        )
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["recorded_at"] = item["recorded_at"].isoformat()
+            item["digits"] = json.loads(item["digits"])
+            out.append(item)
+        return out

@@ -1,0 +1,244 @@
+"""The asyncio FastAGI server: accept, authenticate, route, track, drain.
+
+One error boundary per call (as wazo-agid's handler): a caller hanging up is a
+normal end; any other exception is logged with its traceback and the channel is
+left with ``CONSENT_RESULT=error`` so the dialplan takes its safe branch. Failing
+closed is the rule: an unknown route, a forged connection, a header that never
+completes or a server at capacity never reaches a flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from agi import channel_vars as cv
+from agi.call import Call, RouteHandler
+from agi.channel import Channel
+from agi.config import Settings
+from agi.protocol import AGIEnv, AGIError, AGIHangup, HeaderError, HeaderParser, ReplyParser
+
+__all__ = ["AGIServer"]
+
+log = structlog.get_logger("agi.server")
+
+
+class AGIServer:
+    """FastAGI listener routing on the path of ``agi_network_script``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: Mapping[str, RouteHandler],
+        *,
+        metrics: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.routes = dict(routes)
+        self.metrics = metrics
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active_calls = 0
+        self._networks = settings.allow_networks
+        self._stopping = asyncio.Event()
+        self.calls_total = 0
+        self.refused_total = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.settings.host,
+            self.settings.port,
+            backlog=self.settings.backlog,
+            reuse_address=True,
+        )
+        log.info("agi_listening", addresses=[str(s.getsockname()) for s in self._server.sockets])
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def active_calls(self) -> int:
+        return self._active_calls
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain."""
+        if self._server is None:
+            await self.start()
+        await stop.wait()
+        await self.drain()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting; let calls finish up to ``timeout``; then cut the rest.
+
+        A call cut short keeps ``CONSENT_RESULT=error`` (every flow sets it first and
+        overwrites it only once its outcome is certain), and its socket is closed, so
+        Asterisk stops the prompt at once and the dialplan says goodbye.
+        """
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        self._stopping.set()
+        if self._server is not None:
+            self._server.close()
+        pending = {t for t in self._tasks if not t.done()}
+        log.info("agi_draining", calls=len(pending), timeout_s=timeout)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+                log.warning("agi_calls_cut_short", calls=len(still))
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("agi_stopped")
+
+    # ----------------------------------------------------------------- per connection
+
+    def _peer_allowed(self, peer: Any) -> bool:
+        try:
+            addr = ipaddress.ip_address(peer[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._networks)
+
+    def _token_ok(self, env: AGIEnv) -> bool:
+        expected = self.settings.agi_token
+        if not expected:
+            return True
+        given = env.params.get("token", "")
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    async def _read_header(self, reader: asyncio.StreamReader) -> tuple[AGIEnv, bytes]:
+        parser = HeaderParser()
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                raise HeaderError("connection closed before the environment block ended")
+            env = parser.feed(data)
+            if env is not None:
+                return env, parser.remainder
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self._stopping.is_set():
+            writer.close()
+            return
+        if not self._peer_allowed(peer):
+            self.refused_total += 1
+            log.warning("agi_connection_refused", peer=peer_text, reason="peer_not_allowed")
+            self._count("refused", "peer_not_allowed")
+            writer.close()
+            return
+        if self._active_calls >= self.settings.max_calls:
+            self.refused_total += 1
+            log.warning("agi_connection_refused", peer=peer_text, reason="at_capacity")
+            self._count("refused", "at_capacity")
+            writer.close()
+            return
+        self._active_calls += 1
+        try:
+            await self._session(reader, writer, peer_text)
+        finally:
+            self._active_calls -= 1
+            writer.close()
+
+    def _count(self, what: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connection(what, reason)
+
+    async def _session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        started = time.monotonic()
+        try:
+            env, pending = await asyncio.wait_for(
+                self._read_header(reader), self.settings.header_timeout
+            )
+        except (TimeoutError, HeaderError, ConnectionError, OSError) as exc:
+            self.refused_total += 1
+            reason = "header_timeout" if isinstance(exc, TimeoutError) else "bad_header"
+            log.warning("agi_connection_refused", peer=peer, reason=reason, error=str(exc)[:200])
+            self._count("refused", reason)
+            return
+        if not self._token_ok(env):
+            self.refused_total += 1
+            log.warning("agi_connection_refused", peer=peer, reason="bad_token")
+            self._count("refused", "bad_token")
+            return
+
+        route = env.script_path
+        params = env.params
+        params.pop("token", None)
+        call_id = env.uniqueid or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(
+            call_id=call_id, uniqueid=env.uniqueid, channel=env.channel, route=route or "/"
+        )
+        channel = Channel(
+            env,
+            reader,
+            writer,
+            parser=ReplyParser(),
+            pending=pending,
+            command_timeout=self.settings.command_timeout,
+        )
+        call = Call(channel=channel, route=route, params=params, call_id=call_id, log=log)
+        self.calls_total += 1
+        handler = self.routes.get(route)
+        try:
+            if handler is None:
+                call.outcome = "unknown_route"
+                log.warning("agi_unknown_route", known=sorted(self.routes))
+                await self._mark_error(channel)
+            else:
+                await handler(call)
+        except AGIHangup:
+            if call.outcome == "unknown":
+                call.outcome = "hangup"
+        except asyncio.CancelledError:
+            call.outcome = "cut_short"
+            raise
+        except Exception:
+            call.outcome = "error"
+            log.exception("agi_call_failed")
+            await self._mark_error(channel)
+        finally:
+            channel.close()
+            duration_ms = int((time.monotonic() - started) * 1000)
+            log.info(
+                "call_finished",
+                outcome=call.outcome,
+                duration_ms=duration_ms,
+                commands=channel.commands_sent,
+                hung_up=channel.hung_up,
+            )
+            if self.metrics is not None:
+                self.metrics.call_finished(route or "/", call.outcome, duration_ms / 1000)
+            structlog.contextvars.unbind_contextvars("call_id", "uniqueid", "channel", "route")
+
+    @staticmethod
+    async def _mark_error(channel: Channel) -> None:
+        """Best effort: leave CONSENT_RESULT=error for the dialplan (works on dead channels)."""
+        if channel.closed:
+            return
+        try:
+            await channel.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
+        except (AGIError, OSError):
+            pass
