@@ -1,0 +1,138 @@
+"""Shared fixtures: a real PostgreSQL (``$DATABASE_URL`` or an embedded server).
+
+Every test that touches the database gets its own database, cloned from a migrated
+template (``CREATE DATABASE … TEMPLATE``), so tests are isolated and fast. Tests that
+stop and start PostgreSQL get a private embedded server (:func:`own_pg`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from agi.config import Settings, repo_root
+from agi.ledger import Ledger, apply_migrations, connect_pool
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+from agi.pgembed import EmbeddedPostgres  # noqa: E402
+
+TEMPLATE_DB = "consent_ivr_template"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_root_url() -> Iterator[str]:
+    """URL of a PostgreSQL server with CREATEDB rights, for the whole session."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="consent-ivr-pg-"))
+    pg = EmbeddedPostgres(tmp / "pg")
+    try:
+        yield pg.start()
+    finally:
+        pg.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_root_url: str) -> str:
+    async def build() -> None:
+        conn = await asyncpg.connect(pg_root_url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        finally:
+            await conn.close()
+        tconn = await asyncpg.connect(_with_db(pg_root_url, TEMPLATE_DB))
+        try:
+            await apply_migrations(tconn)
+        finally:
+            await tconn.close()
+
+    asyncio.run(build())
+    return _with_db(pg_root_url, TEMPLATE_DB)
+
+
+@pytest.fixture
+async def db_url(pg_root_url: str, template_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(pg_root_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    yield _with_db(pg_root_url, name)
+    conn = await asyncpg.connect(pg_root_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await connect_pool(db_url, min_size=1, max_size=10, timeout=5.0)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def ledger(pool: asyncpg.Pool) -> Ledger:
+    return Ledger(pool, timeout=5.0)
+
+
+@pytest.fixture
+def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A private embedded PostgreSQL this test may stop, kill and start again."""
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("ownpg") / "pg")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for in-process servers: ephemeral port, short timeouts, temp journal."""
+    return replace(
+        Settings(),
+        port=0,
+        digit_timeout_ms=5000,
+        command_timeout=5.0,
+        header_timeout=2.0,
+        db_timeout=2.0,
+        drain_timeout=2.0,
+        journal_dir=tmp_path / "journal",
+        data_dir=tmp_path / "var",
+        sounds_dir=repo_root() / "sounds",
+        instance="test-instance",
+        metrics_addr=None,
+    )
+
+
+@pytest.fixture
+def make_settings(settings: Settings) -> Callable[..., Settings]:
+    def make(**changes: Any) -> Settings:
+        return replace(settings, **changes)
+
+    return make
