@@ -17,8 +17,10 @@ import structlog
 
 __all__ = ["configure_logging", "mask_number", "mask_numbers"]
 
-# 7+ digits, optionally with a leading + and separators: what a phone number looks like.
-_NUMBER = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+# What a phone number looks like in our logs: E.164 (+ and 7-15 digits) or a national
+# number of 9-15 digits, standing alone (not part of a uniqueid like 1796006581.1,
+# an IP address, a channel sequence like PJSIP/6001-00000001 or a timestamp).
+_NUMBER = re.compile(r"(?<![\w.+])(?:\+\d{7,15}|\d{9,15})(?![\w.])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Keys whose values are identifiers, not phone numbers (Asterisk uniqueids are digits too).
 _SAFE_KEYS = frozenset(
@@ -46,7 +48,7 @@ def mask_number(number: str) -> str:
 
 
 def _scrub(value: str) -> str:
-    value = _NUMBER.sub(lambda m: mask_number(re.sub(r"[\s().-]", "", m.group(0))), value)
+    value = _NUMBER.sub(lambda m: mask_number(m.group(0)), value)
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", value)
 
 
