@@ -9,6 +9,8 @@ notifications wherever they appear, and turns every failure into a typed error.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,8 +72,11 @@ class Channel:
         parser: ReplyParser | None = None,
         pending: bytes = b"",
         command_timeout: float = 10.0,
+        on_command: Callable[[str, float, str], None] | None = None,
     ) -> None:
         self.env = env
+        #: observer of each command: (verb, seconds to its reply, ok|hangup|timeout|error)
+        self.on_command = on_command
         self._reader = reader
         self._writer = writer
         self._parser = parser or ReplyParser()
@@ -125,6 +130,24 @@ class Channel:
         One command at a time: a second caller waits for the first reply. A timeout
         leaves the session in an unknown state, so the connection is closed.
         """
+        if self.on_command is None:
+            return await self._command(verb, *args, timeout=timeout)
+        started = time.monotonic()
+        result = "error"
+        try:
+            reply = await self._command(verb, *args, timeout=timeout)
+            result = "ok"
+            return reply
+        except ReplyTimeout:
+            result = "timeout"
+            raise
+        except AGIHangup:
+            result = "hangup"
+            raise
+        finally:
+            self.on_command(verb, time.monotonic() - started, result)
+
+    async def _command(self, verb: str, *args: str | int, timeout: float | None) -> Reply:  # noqa: ASYNC109
         data = encode_command(verb, *args)
         async with self._lock:
             if self.closed or self._parser.eof:

@@ -198,6 +198,7 @@ class AGIServer:
             parser=ReplyParser(),
             pending=pending,
             command_timeout=self.settings.command_timeout,
+            on_command=self.metrics.agi_command if self.metrics is not None else None,
         )
         call = Call(channel=channel, route=route, params=params, call_id=call_id, log=log)
         self.calls_total += 1
