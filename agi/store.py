@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agi.flows.base import CommitResult, StorageUnavailable
 from agi.journal import Journal, JournalError
 from agi.ledger import AttemptRecord, ConsentDecision, Ledger, LedgerUnavailable
+
+if TYPE_CHECKING:
+    from agi.metrics import Metrics
 
 __all__ = ["LedgerStore", "replay_journal"]
 
@@ -19,14 +24,23 @@ log = structlog.get_logger("agi.store")
 class LedgerStore:
     """``DecisionStore`` over :class:`Ledger`, falling back to :class:`Journal`."""
 
-    def __init__(self, ledger: Ledger, journal: Journal | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, journal: Journal | None = None, *, metrics: Metrics | None = None
+    ) -> None:
         self.ledger = ledger
         self.journal = journal
         self.journaled_total = 0
+        self.metrics = metrics
+
+    def _timed(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        return self.metrics.db_timer(operation) if self.metrics else contextlib.nullcontext()
 
     async def commit_decision(self, decision: ConsentDecision) -> CommitResult:
         try:
-            event_id, created = await self.ledger.record_decision(decision)
+            with self._timed("record_decision"):
+                event_id, created = await self.ledger.record_decision(decision)
+            if created and self.metrics:
+                self.metrics.consent_decision(decision.purpose, decision.decision)
             return CommitResult(event_id=event_id, created=created)
         except LedgerUnavailable as exc:
             log.warning("ledger_unavailable", error=str(exc)[:200], step="commit_decision")
@@ -40,12 +54,15 @@ class LedgerStore:
             log.error("journal_unavailable", error=str(exc)[:200])
             raise StorageUnavailable(str(exc)) from exc
         self.journaled_total += 1
+        if self.metrics:
+            self.metrics.consent_decision(decision.purpose, decision.decision, journaled=True)
         log.warning("decision_journaled", idempotency_key=decision.idempotency_key)
         return CommitResult(event_id=None, created=True, journaled=True)
 
     async def record_attempt(self, attempt: AttemptRecord) -> None:
         try:
-            await self.ledger.record_attempt(attempt)
+            with self._timed("record_attempt"):
+                await self.ledger.record_attempt(attempt)
             return
         except LedgerUnavailable as exc:
             log.warning("ledger_unavailable", error=str(exc)[:200], step="record_attempt")
