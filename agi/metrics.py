@@ -1,0 +1,523 @@
+"""Prometheus metrics and the health/readiness listener (``/metrics``, ``/healthz``, ``/readyz``).
+
+One :class:`Metrics` object owns a private ``CollectorRegistry`` (so tests can run
+several side by side) and exposes small, named hooks the rest of the code calls:
+the server's ``connection``/``call_finished``, the channel's per-command callback,
+the store's decision and database timings, the marketing flow's plays and refusals,
+the dialer's gate decisions and AMI state. Code that is not handed a ``Metrics``
+(flows, the dialer) calls :func:`current`, which the CLI points at the process's
+instance with :func:`install`.
+
+Label values are bounded: each label accepts only short lower-case tokens without
+digit runs (so a phone number or a call id can never become a label), and each
+metric keeps at most :data:`MAX_LABEL_VALUES` distinct values per label before
+folding the rest into ``other``.
+
+The listener is a deliberately tiny HTTP/1.1 responder on ``asyncio.start_server``
+(one request per connection, ``Connection: close``), running inside the service's
+own event loop, so ``/readyz`` can use the same asyncpg pool as the calls do and a
+stalled loop shows up as a failed probe rather than a healthy thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from agi.config import ConfigError
+
+__all__ = [
+    "MAX_LABEL_VALUES",
+    "Metrics",
+    "MetricsServer",
+    "Readiness",
+    "current",
+    "install",
+    "parse_addr",
+    "start_exporter",
+]
+
+log = structlog.get_logger("agi.metrics")
+
+MAX_LABEL_VALUES: Final = 64
+_TOKEN = re.compile(r"[a-z][a-z0-9_.-]{0,47}")
+_DIGIT_RUN = re.compile(r"\d{4,}")
+
+# AGI commands range from a NOOP (sub-millisecond) to a whole prompt (tens of seconds).
+_COMMAND_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+)
+_DB_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_CALL_BUCKETS: Final = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+#: the window over which the dialer's achieved calls per second is measured
+CPS_WINDOW_S: Final = 10.0
+
+
+def _label_token(value: object) -> str:
+    text = str(value).strip().lower().replace(" ", "_")
+    if not _TOKEN.fullmatch(text) or _DIGIT_RUN.search(text):
+        return "other"
+    return text
+
+
+class _LabelGuard:
+    """Caps the distinct values each (metric, label) may take."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self.limit = limit
+        self._seen: dict[tuple[str, str], set[str]] = {}
+
+    def __call__(self, metric: str, label: str, value: object) -> str:
+        token = _label_token(value)
+        seen = self._seen.setdefault((metric, label), set())
+        if token in seen:
+            return token
+        if len(seen) >= self.limit:
+            return "other"
+        seen.add(token)
+        return token
+
+
+class Metrics:
+    """Every consent-ivr metric (prefix ``consent_ivr_``) and the hooks that move them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._guard = _LabelGuard()
+        self._routes: frozenset[str] | None = None
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+        self._originates: deque[float] = deque()
+        r = self.registry
+
+        # -- FastAGI calls
+        self.connections = Counter(
+            "consent_ivr_agi_connections_refused", "FastAGI connections closed before any flow ran",
+            ["reason"], registry=r)
+        self.calls = Counter(
+            "consent_ivr_calls", "FastAGI calls finished, by route and outcome",
+            ["route", "outcome"], registry=r)
+        self.call_seconds = Histogram(
+            "consent_ivr_call_duration_seconds", "Duration of FastAGI calls", ["route"],
+            buckets=_CALL_BUCKETS, registry=r)
+        self.active_calls = Gauge(
+            "consent_ivr_active_calls", "FastAGI calls in progress", registry=r)
+        self.agi_command_seconds = Histogram(
+            "consent_ivr_agi_command_duration_seconds",
+            "Time from sending an AGI command to its reply (includes prompt playback)",
+            ["command"], buckets=_COMMAND_BUCKETS, registry=r)
+        self.agi_commands = Counter(
+            "consent_ivr_agi_commands", "AGI commands sent, by command and result",
+            ["command", "result"], registry=r)
+
+        # -- consent
+        self.decisions = Counter(
+            "consent_ivr_consent_decisions", "Consent decisions stored (ledger or journal)",
+            ["purpose", "decision"], registry=r)
+        self.decisions_journaled = Counter(
+            "consent_ivr_consent_decisions_journaled",
+            "Decisions written to the durable journal because the database was unavailable",
+            registry=r)
+
+        # -- marketing
+        self.marketing_plays = Counter(
+            "consent_ivr_marketing_plays", "Marketing audio playbacks, after the gate allowed them",
+            registry=r)
+        self.marketing_refusals = Counter(
+            "consent_ivr_marketing_refusals", "Marketing playbacks refused by the gate, by reason",
+            ["reason"], registry=r)
+        self.marketing_opt_outs = Counter(
+            "consent_ivr_marketing_opt_outs", "Opt-outs pressed during marketing calls", registry=r)
+        self.played_without_consent = Counter(
+            "consent_ivr_marketing_played_without_consent",
+            "Marketing audio played without a valid opt-in. MUST be 0: any increase is a breach "
+            "and halts the campaign", registry=r)
+
+        # -- database and journal
+        self.db_seconds = Histogram(
+            "consent_ivr_db_query_duration_seconds", "Database round trips, by operation",
+            ["operation"], buckets=_DB_BUCKETS, registry=r)
+        self.db_errors = Counter(
+            "consent_ivr_db_errors", "Database operations that failed, by operation and error",
+            ["operation", "error"], registry=r)
+        self.journal_depth = Gauge(
+            "consent_ivr_journal_depth", "Journal entries awaiting replay into the ledger",
+            registry=r)
+        self.ready = Gauge(
+            "consent_ivr_ready", "1 when the last readiness check passed", registry=r)
+        self.db_up = Gauge(
+            "consent_ivr_db_up", "1 when the last readiness check reached the database",
+            registry=r)
+
+        # -- dialer
+        self.dial_attempts = Counter(
+            "consent_ivr_dialer_attempts", "Gate decisions taken before Originate",
+            ["decision", "reason"], registry=r)
+        self.dial_originates = Counter(
+            "consent_ivr_dialer_originates", "Originate actions sent, by result",
+            ["result"], registry=r)
+        self.dial_cps = Gauge(
+            "consent_ivr_dialer_calls_per_second",
+            f"Originates per second achieved over the last {CPS_WINDOW_S:.0f} s", registry=r)
+        self.dial_channels = Gauge(
+            "consent_ivr_dialer_concurrent_channels", "Dialer channels currently up",
+            registry=r)
+        self.ami_up = Gauge(
+            "consent_ivr_ami_connected", "1 while the dialer's AMI session is logged in",
+            registry=r)
+        self.ami_reconnects = Counter(
+            "consent_ivr_ami_reconnects", "AMI sessions re-established after a loss", registry=r)
+        self.dial_cps.set_function(self._achieved_cps)
+        self._prime()
+
+    def _prime(self) -> None:
+        """Export zeros for the series dashboards and alerts rely on."""
+        for decision in ("opt_in", "opt_out"):
+            self.decisions.labels(purpose="marketing-calls", decision=decision)
+        try:
+            from agi.policy import REASONS
+        except ImportError:  # pragma: no cover - policy ships with the package
+            return
+        for reason in sorted(REASONS):
+            if reason == "allowed":
+                self.dial_attempts.labels(decision="allowed", reason=reason)
+            else:
+                self.dial_attempts.labels(decision="refused", reason=reason)
+                self.marketing_refusals.labels(reason=reason)
+                self._guard("marketing_refusals", "reason", reason)
+                self._guard("dial_attempts", "reason", reason)
+
+    def _l(self, metric: str, label: str, value: object) -> str:
+        return self._guard(metric, label, value)
+
+    # ----------------------------------------------------------------- wiring
+
+    def set_routes(self, routes: Iterator[str] | list[str] | set[str] | tuple[str, ...]) -> None:
+        """Only these route names become labels; anything else is ``unknown``."""
+        self._routes = frozenset(routes)
+
+    def watch_active_calls(self, count: Callable[[], int]) -> None:
+        self.active_calls.set_function(lambda: float(count()))
+
+    def watch_journal(self, journal: Any) -> None:
+        """Refresh the journal depth gauge on every scrape (read off the event loop)."""
+
+        async def refresh() -> None:
+            try:
+                depth = await asyncio.to_thread(journal.depth)
+            except OSError:
+                return
+            self.journal_depth.set(depth)
+
+        self._refreshers.append(refresh)
+
+    def watch_channels(self, count: Callable[[], int]) -> None:
+        self.dial_channels.set_function(lambda: float(count()))
+
+    async def refresh(self) -> None:
+        for refresher in self._refreshers:
+            await refresher()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ----------------------------------------------------------------- server hooks
+
+    def connection(self, what: str, reason: str) -> None:
+        """A connection was refused (peer, capacity, header, token) before any flow."""
+        if what == "refused":
+            self.connections.labels(reason=self._l("connections", "reason", reason)).inc()
+
+    def call_finished(self, route: str, outcome: str, seconds: float) -> None:
+        route = route.strip("/") or "/"
+        if outcome == "unknown_route" or (self._routes is not None and route not in self._routes):
+            route = "unknown"
+        route = route if route == "/" else self._l("calls", "route", route)
+        self.calls.labels(route=route, outcome=self._l("calls", "outcome", outcome)).inc()
+        self.call_seconds.labels(route=route).observe(max(seconds, 0.0))
+
+    def agi_command(self, verb: str, seconds: float, result: str) -> None:
+        """Channel callback: one AGI command and how long its reply took."""
+        command = self._l("agi", "command", verb.replace(" ", "_"))
+        self.agi_command_seconds.labels(command=command).observe(max(seconds, 0.0))
+        self.agi_commands.labels(command=command, result=self._l("agi", "result", result)).inc()
+
+    # ----------------------------------------------------------------- consent / database
+
+    def consent_decision(self, purpose: str, decision: str, *, journaled: bool = False) -> None:
+        self.decisions.labels(
+            purpose=self._l("decisions", "purpose", purpose),
+            decision=self._l("decisions", "decision", decision),
+        ).inc()
+        if journaled:
+            self.decisions_journaled.inc()
+
+    def db_observe(self, operation: str, seconds: float, error: str | None = None) -> None:
+        op = self._l("db", "operation", operation)
+        self.db_seconds.labels(operation=op).observe(max(seconds, 0.0))
+        if error is not None:
+            self.db_errors.labels(operation=op, error=self._l("db", "error", error)).inc()
+
+    @contextmanager
+    def db_timer(self, operation: str) -> Iterator[None]:
+        """Time one database operation; an exception counts as an error (and propagates)."""
+        started = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            self.db_observe(operation, time.monotonic() - started, _error_name(exc))
+            raise
+        self.db_observe(operation, time.monotonic() - started)
+
+    # ----------------------------------------------------------------- marketing
+
+    def marketing_played(self, *, with_valid_opt_in: bool = True) -> None:
+        """Marketing audio is about to play. ``with_valid_opt_in=False`` is the breach counter."""
+        self.marketing_plays.inc()
+        if not with_valid_opt_in:
+            self.played_without_consent.inc()
+
+    def marketing_refused(self, reason: str) -> None:
+        self.marketing_refusals.labels(reason=self._l("marketing_refusals", "reason", reason)).inc()
+
+    def marketing_opted_out(self) -> None:
+        self.marketing_opt_outs.inc()
+
+    # ----------------------------------------------------------------- dialer
+
+    def dial_decision(self, allowed: bool, reason: str) -> None:
+        self.dial_attempts.labels(
+            decision="allowed" if allowed else "refused",
+            reason=self._l("dial_attempts", "reason", reason),
+        ).inc()
+
+    def dial_originated(self, result: str = "sent") -> None:
+        self.dial_originates.labels(result=self._l("originates", "result", result)).inc()
+        if result == "sent":
+            self._originates.append(time.monotonic())
+
+    def _achieved_cps(self) -> float:
+        cutoff = time.monotonic() - CPS_WINDOW_S
+        while self._originates and self._originates[0] < cutoff:
+            self._originates.popleft()
+        return len(self._originates) / CPS_WINDOW_S
+
+    def ami_connected(self, up: bool, *, reconnect: bool = False) -> None:
+        self.ami_up.set(1 if up else 0)
+        if up and reconnect:
+            self.ami_reconnects.inc()
+
+
+def _error_name(exc: BaseException) -> str:
+    """``ConnectionRefusedError`` → ``connection_refused_error``: a bounded label."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+_current: Metrics | None = None
+
+
+def install(metrics: Metrics) -> Metrics:
+    """Make ``metrics`` the process's instance (returned by :func:`current`)."""
+    global _current
+    _current = metrics
+    return metrics
+
+
+def current() -> Metrics:
+    """The process's metrics; a private, unexported instance until the CLI installs one."""
+    global _current
+    if _current is None:
+        _current = Metrics()
+    return _current
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+class Readiness:
+    """``/readyz``: database reachable, migrations current, journal not backed up."""
+
+    def __init__(
+        self,
+        pool: Any,
+        journal: Any = None,
+        *,
+        max_journal_depth: int = 1000,
+        timeout: float = 2.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.pool = pool
+        self.journal = journal
+        self.max_journal_depth = max_journal_depth
+        self.timeout = timeout
+        self.metrics = metrics
+
+    async def _database(self) -> tuple[bool, str]:
+        import asyncpg
+
+        from agi.ledger import pending_migrations
+
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.pool.acquire() as conn:
+                    pending = await pending_migrations(conn)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self.metrics is not None:
+                self.metrics.db_observe("readiness", time.monotonic() - started, _error_name(exc))
+                self.metrics.db_up.set(0)
+            return False, f"unreachable: {type(exc).__name__}"
+        if self.metrics is not None:
+            self.metrics.db_observe("readiness", time.monotonic() - started)
+            self.metrics.db_up.set(1)
+        if pending:
+            return False, f"{len(pending)} migration(s) pending: {', '.join(pending[:5])}"
+        return True, "ok"
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        db_ok, checks["database"] = await self._database()
+        journal_ok = True
+        if self.journal is not None:
+            try:
+                depth = await asyncio.to_thread(self.journal.depth)
+            except OSError as exc:
+                journal_ok, checks["journal"] = False, f"unreadable: {exc.strerror or exc}"
+            else:
+                journal_ok = depth < self.max_journal_depth
+                checks["journal"] = (
+                    f"{depth} entries awaiting replay (limit {self.max_journal_depth})"
+                )
+                if self.metrics is not None:
+                    self.metrics.journal_depth.set(depth)
+        ready = db_ok and journal_ok
+        if self.metrics is not None:
+            self.metrics.ready.set(1 if ready else 0)
+        return ready, checks
+
+
+# --------------------------------------------------------------------------- HTTP listener
+
+_MAX_REQUEST: Final = 8192
+_REQUEST_TIMEOUT: Final = 5.0
+_REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                   503: "Service Unavailable"}
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` on a small asyncio HTTP/1.1 responder."""
+
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, readiness: Readiness | None = None
+    ) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.requested_port = port
+        self.readiness = readiness
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.requested_port, reuse_address=True, limit=_MAX_REQUEST
+        )
+        log.info("metrics_listening", url=f"http://{self.host}:{self.port}/metrics")
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ConnectionError):
+                return
+            status, ctype, body, method = await self._respond(head)
+            headers = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+                f"Content-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "Cache-Control: no-store\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(headers.encode("ascii") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, head: bytes) -> tuple[int, str, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        try:
+            method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ")
+        except ValueError:
+            return 400, text, b"bad request\n", "GET"
+        if method not in {"GET", "HEAD"}:
+            return 405, text, b"method not allowed\n", method
+        path = target.split("?", 1)[0]
+        if path == "/metrics":
+            await self.metrics.refresh()
+            return 200, CONTENT_TYPE_LATEST, self.metrics.render(), method
+        if path == "/healthz":
+            return 200, text, b"ok\n", method
+        if path == "/readyz":
+            if self.readiness is None:
+                return 200, "application/json", b'{"ready": true, "checks": {}}\n', method
+            ready, checks = await self.readiness.check()
+            body = json.dumps({"ready": ready, "checks": checks}).encode() + b"\n"
+            return (200 if ready else 503), "application/json", body, method
+        return 404, text, b"not found: try /metrics, /healthz or /readyz\n", method
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) → (host, port); ConfigError when malformed."""
+    host, sep, port_text = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port < 65536:
+        raise ConfigError(f"CONSENT_IVR_METRICS_ADDR: {addr!r} is not host:port")
+    return host, port
+
+
+async def start_exporter(
+    addr: str | None, metrics: Metrics, readiness: Readiness | None = None
+) -> MetricsServer | None:
+    """Start the listener on ``addr`` (``None`` = disabled). Bind failure → ConfigError."""
+    if not addr:
+        return None
+    host, port = parse_addr(addr)
+    server = MetricsServer(metrics, host, port, readiness)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"CONSENT_IVR_METRICS_ADDR: cannot listen on {addr}: {exc.strerror or exc}"
+        ) from exc
+    return server
