@@ -80,6 +80,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agi.flows.consent import ConsentFlow
     from agi.journal import Journal
     from agi.ledger import Ledger
+    from agi.metrics import Metrics, Readiness, install, start_exporter
     from agi.prompts import PromptCatalogue, PromptError
     from agi.server import AGIServer
     from agi.store import LedgerStore
@@ -97,14 +98,18 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     async with open_pool(settings, migrate=True) as pool:
         ledger = Ledger(pool, timeout=settings.db_timeout)
         journal = Journal(settings.journal_dir)
-        store = LedgerStore(ledger, journal)
+        metrics = install(Metrics())
+        store = LedgerStore(ledger, journal, metrics=metrics)
         try:
             routes: dict[str, Any] = {"consent": ConsentFlow(settings, store, prompts)}
         except PromptError as exc:
             raise CommandError(str(exc)) from exc
         for name, factory in ROUTE_FACTORIES.items():
             routes[name] = factory(settings, pool, store, prompts)
-        server = AGIServer(settings, routes)
+        server = AGIServer(settings, routes, metrics=metrics)
+        metrics.set_routes(routes)
+        metrics.watch_active_calls(lambda: server.active_calls)
+        metrics.watch_journal(journal)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +120,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
             ) from exc
+        readiness = Readiness(pool, journal, timeout=settings.db_timeout, metrics=metrics)
+        exporter = await start_exporter(settings.metrics_addr, metrics, readiness)
         replayer = asyncio.create_task(_replay_forever(ledger, journal, stop))
         print(
             f"consent-ivr listening on agi://{settings.host}:{server.port} "
@@ -125,6 +132,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         replayer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await replayer
+        if exporter is not None:
+            await exporter.close()
     return 0
 
 

@@ -26,7 +26,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -207,7 +207,7 @@ class Metrics:
 
     # ----------------------------------------------------------------- wiring
 
-    def set_routes(self, routes: Iterator[str] | list[str] | set[str] | tuple[str, ...]) -> None:
+    def set_routes(self, routes: Iterable[str]) -> None:
         """Only these route names become labels; anything else is ``unknown``."""
         self._routes = frozenset(routes)
 
