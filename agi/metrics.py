@@ -58,6 +58,7 @@ log = structlog.get_logger("agi.metrics")
 MAX_LABEL_VALUES: Final = 64
 _TOKEN = re.compile(r"[a-z][a-z0-9_.-]{0,47}")
 _DIGIT_RUN = re.compile(r"\d{4,}")
+_OTHER: Final = "other"
 
 # AGI commands range from a NOOP (sub-millisecond) to a whole prompt (tens of seconds).
 _COMMAND_BUCKETS: Final = (
@@ -84,14 +85,14 @@ class _LabelGuard:
         self._seen: dict[tuple[str, str], set[str]] = {}
 
     def __call__(self, metric: str, label: str, value: object) -> str:
-        token = _label_token(value)
+        label_value = _label_token(value)
         seen = self._seen.setdefault((metric, label), set())
-        if token in seen:
-            return token
+        if label_value in seen or label_value == _OTHER:
+            return label_value
         if len(seen) >= self.limit:
-            return "other"
-        seen.add(token)
-        return token
+            return _OTHER
+        seen.add(label_value)
+        return label_value
 
 
 class Metrics:
