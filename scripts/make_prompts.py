@@ -8,9 +8,9 @@ lookup (``<astdatadir>/sounds/<lang>/consent-ivr/<id>``, falling back to ``en``)
 caller's language.
 
 ``sounds/manifest.json`` records, for each (id, lang), the exact rendered text, the file
-(relative to ``sounds/``), the sha256 of the file's bytes and its length in 8 kHz samples. The audio is synthesised with
-espeak-ng and resampled with sox, both run as subprocesses; sox runs with dithering off
-(``-D``) so the same tool versions give byte-identical files.
+(relative to ``sounds/``), the sha256 of the file's bytes and its length in 8 kHz samples.
+The audio is synthesised with espeak-ng and resampled with sox, both run as subprocesses;
+sox runs with dithering off (``-D``) so the same tool versions give byte-identical files.
 
 Usage::
 
@@ -188,16 +188,25 @@ def check(root: Path = ROOT) -> list[str]:
     return errors
 
 
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SystemExit(f"make_prompts: install {name} (apt-get install espeak-ng sox)")
+    return path
+
+
 def synthesise(text: str, lang: str, out: Path) -> None:
     """espeak-ng -> 22.05 kHz WAV -> sox (-3 dB headroom, no dither) -> 8 kHz mono 16-bit WAV."""
     with tempfile.TemporaryDirectory(prefix="prompts-") as tmp:
         raw = Path(tmp) / "espeak.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", VOICES[lang], "-s", str(SPEED_WPM), "-w", str(raw), "--", text],
+        # Fixed argv from our own catalogue, no shell: nothing untrusted reaches a command line.
+        subprocess.run(  # noqa: S603
+            [_tool("espeak-ng"), "-v", VOICES[lang], "-s", str(SPEED_WPM), "-w", str(raw),
+             "--", text],
             check=True,
         )
-        subprocess.run(
-            ["sox", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+        subprocess.run(  # noqa: S603
+            [_tool("sox"), "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
              "-e", "signed-integer", str(out), "gain", "-3", "rate", str(SAMPLE_RATE)],
             check=True,
         )
@@ -206,7 +215,8 @@ def synthesise(text: str, lang: str, out: Path) -> None:
 def generate(root: Path = ROOT) -> None:
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"make_prompts: install {' and '.join(missing)} (apt-get install espeak-ng sox)")
+        tools = " and ".join(missing)
+        raise SystemExit(f"make_prompts: install {tools} (apt-get install espeak-ng sox)")
     entries = expected_entries(root)
     wanted = {root / "sounds" / e["file"] for e in entries}
     for entry in entries:

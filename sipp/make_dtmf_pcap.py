@@ -59,9 +59,8 @@ def event_packets(key: str, seq: int, timestamp: int) -> list[bytes]:
     for i in range(PACKETS_PER_EVENT + END_REPEATS - 1):
         last = i >= PACKETS_PER_EVENT - 1
         duration = SAMPLES_PER_PACKET * min(i + 1, PACKETS_PER_EVENT)
-        header = struct.pack(
-            "!BBHII", 0x80, (0x80 if i == 0 else 0) | PAYLOAD_TYPE, (seq + i) & 0xFFFF, timestamp, SSRC
-        )
+        marker_pt = (0x80 if i == 0 else 0) | PAYLOAD_TYPE
+        header = struct.pack("!BBHII", 0x80, marker_pt, (seq + i) & 0xFFFF, timestamp, SSRC)
         payload = struct.pack("!BBH", event, (0x80 if last else 0) | VOLUME, duration)
         packets.append(header + payload)
     return packets
@@ -72,13 +71,14 @@ def write_pcap(path: Path, rtp_packets: list[bytes]) -> None:
     for i, rtp in enumerate(rtp_packets):
         frame = _frame(rtp, ident=i + 1)
         usec = i * PTIME_MS * 1000
-        out.append(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
+        seconds, micros = divmod(usec, 1_000_000)
+        out.append(struct.pack("<IIII", seconds, micros, len(frame), len(frame)))
         out.append(frame)
     path.write_bytes(b"".join(out))
 
 
 def read_events(path: Path) -> list[tuple[int, int, bool, int, int]]:
-    """Decode a pcap written here: (payload type, event, end bit, duration, timestamp) per packet."""
+    """Decode a pcap written here: (payload type, event, end bit, duration, timestamp)."""
     data = Path(path).read_bytes()
     magic, _, _, _, _, _, linktype = struct.unpack("<IHHiIII", data[:24])
     if magic != 0xA1B2C3D4 or linktype != 1:
