@@ -58,12 +58,14 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migration (
-                   version    integer PRIMARY KEY,
-                   name       text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
-        )
+        # only the owner may create it; the least-privilege server role just reads it
+        if await conn.fetchval("SELECT to_regclass('schema_migration')") is None:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migration (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+            )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
         for path in files:
             version = int(path.name[:3])
