@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import shutil
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -742,3 +743,52 @@ def test_softphone_wrapper_is_the_container_entry_point() -> None:
     subprocess.run(["sh", "-n", str(call)], check=True)
     subprocess.run(["sh", "-n", str(ROOT / "docker" / "asterisk" / "entrypoint.sh")], check=True)
     subprocess.run(["sh", "-n", str(ROOT / "docker" / "consent-ivr" / "entrypoint.sh")], check=True)
+
+
+def test_template_comments_name_no_placeholder() -> None:
+    # envsubst also substitutes inside comments: a placeholder there would copy the secret.
+    for template in DIALPLAN.glob("*.template"):
+        for number, line in enumerate(template.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith(";"):
+                assert "$" not in line, f"{template.name}:{number}"
+
+
+def test_asterisk_entrypoint_renders_loadable_configuration(tmp_path: Path) -> None:
+    if shutil.which("envsubst") is None:
+        pytest.skip("envsubst (gettext-base) not installed")
+    kit, etc, sounds = tmp_path / "kit", tmp_path / "etc", tmp_path / "sounds"
+    for path in (kit, etc, sounds):
+        path.mkdir()
+    shutil.copytree(DIALPLAN, kit / "dialplan")
+    shutil.copytree(ASTERISK_ETC, kit / "asterisk-etc")
+    for lang in ("en", "cy"):
+        shutil.copytree(ROOT / "sounds" / lang, kit / "sounds" / lang)
+    script = (ROOT / "docker" / "asterisk" / "entrypoint.sh").read_text(encoding="utf-8")
+    script = (script.replace("KIT=/opt/consent-ivr", f"KIT={kit}")
+              .replace("ETC=/etc/asterisk", f"ETC={etc}")
+              .replace("SOUNDS=/usr/share/asterisk/sounds", f"SOUNDS={sounds}")
+              .replace('chown root:asterisk "$ETC"/*.conf', ": no asterisk group here"))
+    (tmp_path / "entrypoint.sh").write_text(script, encoding="utf-8")
+    secrets = {"CONSENT_IVR_AMI_SECRET": "ami-s3cret-0123456789",
+               "CONSENT_SIP_6001_PASSWORD": "pw6001x", "CONSENT_SIP_6002_PASSWORD": "pw6002x",
+               "CONSENT_IVR_AGI_TOKEN": "tok-0123456789abcdef"}
+    env = {"PATH": "/usr/bin:/bin", **secrets, "CONSENT_AMI_PERMIT": "172.30.57.0/24",
+           "CONSENT_AGI": "agi://consent-ivr:4573", "CONSENT_LOCAL_NET": "172.30.57.0/24",
+           "CONSENT_EXTERNAL_IP": "127.0.0.1"}
+    empty = subprocess.run(["sh", str(tmp_path / "entrypoint.sh"), "true"],
+                           env={"PATH": env["PATH"]}, capture_output=True, text=True)
+    assert empty.returncode == 64 and "is empty" in empty.stderr, "must refuse without secrets"
+    subprocess.run(["sh", str(tmp_path / "entrypoint.sh"), "true"], env=env, check=True)
+    rendered = "".join(p.read_text(encoding="utf-8") for p in sorted(etc.glob("*.conf")))
+    for value in secrets.values():
+        assert rendered.count(value) >= 1
+    for conf in etc.glob("*.conf"):
+        parsed = parse_conf(conf)  # every rendered file still parses
+        for section in parsed.sections:
+            for item in section.items:
+                assert "${CONSENT" not in item.value or conf.name.startswith("extensions"), (
+                    f"{conf.name}:{item.line}: {item.value} left unrendered"
+                )
+    [user] = parse_conf(etc / "manager_consent.conf").sections
+    assert user.get("secret") == [secrets["CONSENT_IVR_AMI_SECRET"]]
+    assert (sounds / "cy" / "consent-ivr" / "identify.wav").is_file()
