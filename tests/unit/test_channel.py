@@ -337,7 +337,7 @@ async def test_replies_split_across_reads() -> None:
         return out
 
     result, _, _ = await run_call(
-        scenario, answered=True, presses=[HANGUP], line_delay=0.04, hangup_notice="immediate"
+        scenario, answered=True, presses=[HANGUP], line_delay=0.01, hangup_notice="immediate"
     )
     assert result == [USAGE["get variable"], AGIHangup]
 
