@@ -1,0 +1,35 @@
+"""Route ``marketing``: the consent-gated outbound playback (see :mod:`agi.flows.marketing`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agi.campaigns import CampaignStore
+from agi.commands import register_route
+from agi.config import Settings
+from agi.flows.marketing import MarketingFlow
+from agi.gate import journal_opt_outs
+from agi.prompts import PromptCatalogue
+
+__all__ = ["marketing_route"]
+
+
+def marketing_route(
+    settings: Settings, pool: Any, store: Any, prompts: PromptCatalogue
+) -> MarketingFlow:
+    """Wire the flow to the campaign store and this process's durable journal."""
+
+    async def opt_outs(organisation: str) -> frozenset[str]:
+        return await asyncio.to_thread(journal_opt_outs, settings.journal_dir, organisation)
+
+    return MarketingFlow(
+        settings,
+        CampaignStore(pool, timeout=settings.db_timeout),
+        store,
+        prompts,
+        journal_opt_outs=opt_outs,
+    )
+
+
+register_route("marketing", marketing_route)
