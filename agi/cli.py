@@ -83,7 +83,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agi.metrics import Metrics, Readiness, install, start_exporter
     from agi.prompts import PromptCatalogue, PromptError
     from agi.server import AGIServer
-    from agi.store import LedgerStore
+    from agi.store import CallSessions, LedgerStore, recover_at_start
 
     try:
         prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
@@ -106,7 +106,11 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
         for name, factory in ROUTE_FACTORIES.items():
             routes[name] = factory(settings, pool, store, prompts)
-        server = AGIServer(settings, routes, metrics=metrics)
+        sessions = CallSessions(pool, instance=settings.instance,
+                                default_region=settings.default_region,
+                                timeout=settings.db_timeout)
+        await recover_at_start(ledger, journal, sessions)
+        server = AGIServer(settings, routes, metrics=metrics, sessions=sessions)
         metrics.set_routes(routes)
         metrics.watch_active_calls(lambda: server.active_calls)
         metrics.watch_journal(journal)
@@ -123,12 +127,16 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         readiness = Readiness(pool, journal, timeout=settings.db_timeout, metrics=metrics)
         exporter = await start_exporter(settings.metrics_addr, metrics, readiness)
         replayer = asyncio.create_task(_replay_forever(ledger, journal, stop))
+        sessions_stop = asyncio.Event()  # set only after the drain: cut calls get filed
+        bookkeeper = asyncio.create_task(sessions.run(sessions_stop))
         print(
             f"consent-ivr listening on agi://{settings.host}:{server.port} "
             f"(routes: {', '.join(sorted(routes))}); Ctrl-C to stop",
             file=sys.stderr,
         )
         await server.serve_until(stop)
+        sessions_stop.set()
+        await bookkeeper
         replayer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await replayer

@@ -141,8 +141,10 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"CONSENT_IVR_{name.upper()}: must be at least 1")
         for name in ("header_timeout", "command_timeout", "db_timeout", "drain_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"CONSENT_IVR_{name.upper()}: must be positive")
+            # not NaN, not inf: an infinite header timeout is an open door to slow-loris
+            if not 0 < getattr(self, name) < 86400:
+                raise ConfigError(f"CONSENT_IVR_{name.upper()}: must be positive seconds "
+                                  "(under a day)")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(
                 f"CONSENT_IVR_DEFAULT_REGION: {self.default_region!r} is not an ISO 3166 region "

@@ -12,6 +12,7 @@ Layout of ``journal_dir``::
     active.jsonl               appended to (one JSON object a line)
     pending-<ns>.jsonl         taken out of ``active`` by a replay, being replayed
     done/pending-<ns>.jsonl    fully replayed (kept as evidence of the outage)
+    rejected.jsonl             entries the ledger can never take, with the reason
 
 Every step takes an exclusive ``flock`` on ``journal_dir/.lock``, so appends by
 several server processes and a CLI replay never interleave. A crash mid-replay
@@ -41,7 +42,7 @@ class JournalError(Exception):
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     kind: str  # 'decision' | 'attempt'
-    data: dict[str, Any]
+    data: Any  # a dict when well-formed; replay rejects anything else
     file: Path
     lineno: int
 
@@ -118,15 +119,42 @@ class Journal:
                     break  # torn write: never fsync'd, never acknowledged to a caller
                 try:
                     obj = json.loads(raw)
-                    yield JournalEntry(obj["kind"], obj["data"], path, lineno)
-                except (ValueError, KeyError, TypeError):
-                    continue
+                    kind, data = obj["kind"], obj["data"]
+                except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+                    continue  # garbage: never an acknowledged decision (those are whole JSON)
+                if isinstance(kind, str):
+                    yield JournalEntry(kind, data, path, lineno)
 
     def mark_done(self, path: Path) -> None:
         with self._locked():
-            os.replace(path, self.done_dir / path.name)
+            try:
+                os.replace(path, self.done_dir / path.name)
+            except FileNotFoundError:
+                return  # another replayer (server or CLI) finished it first
             _fsync_dir(self.dir)
             _fsync_dir(self.done_dir)
+
+    def reject(self, entry: JournalEntry, reason: str) -> None:
+        """Set aside an entry the ledger can never take (malformed, or refused as data).
+
+        It goes to ``rejected.jsonl`` with the reason, fsync'd, for a person to look at;
+        one poison line must not hold every later decision out of the ledger.
+        """
+        line = json.dumps({"kind": entry.kind, "data": entry.data, "reason": reason[:500],
+                           "from": f"{entry.file.name}:{entry.lineno}",
+                           "rejected_at": time.time()},
+                          ensure_ascii=False, separators=(",", ":"), default=repr)
+        try:
+            with self._locked():
+                fd = os.open(self.dir / "rejected.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                             0o600)
+                try:
+                    os.write(fd, (line + "\n").encode("utf-8"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"journal write failed: {exc}") from exc
 
     def entries(self, kind: str | None = None) -> Iterator[JournalEntry]:
         """Every entry not yet replayed (active and pending), oldest first."""

@@ -39,10 +39,14 @@ class AGIServer:
         routes: Mapping[str, RouteHandler],
         *,
         metrics: Any = None,
+        sessions: Any = None,
     ) -> None:
         self.settings = settings
         self.routes = dict(routes)
         self.metrics = metrics
+        #: call bookkeeping (agi.store.CallSessions): started(call, peer) / finished(call),
+        #: synchronous and cheap, so a crash leaves interrupted calls visible
+        self.sessions = sessions
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_calls = 0
@@ -201,6 +205,8 @@ class AGIServer:
             on_command=self.metrics.agi_command if self.metrics is not None else None,
         )
         call = Call(channel=channel, route=route, params=params, call_id=call_id, log=log)
+        if self.sessions is not None:
+            self.sessions.started(call, peer)
         self.calls_total += 1
         handler = self.routes.get(route)
         try:
@@ -222,6 +228,8 @@ class AGIServer:
             await self._mark_error(channel)
         finally:
             channel.close()
+            if self.sessions is not None:
+                self.sessions.finished(call)
             duration_ms = int((time.monotonic() - started) * 1000)
             log.info(
                 "call_finished",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
 
 from agi.flows.base import CommitResult, StorageUnavailable
@@ -14,11 +18,23 @@ from agi.journal import Journal, JournalError
 from agi.ledger import AttemptRecord, ConsentDecision, Ledger, LedgerUnavailable
 
 if TYPE_CHECKING:
+    from agi.call import Call
+    from agi.journal import JournalEntry
     from agi.metrics import Metrics
 
-__all__ = ["LedgerStore", "replay_journal"]
+__all__ = ["CallSessions", "LedgerStore", "is_data_error", "replay_journal"]
 
 log = structlog.get_logger("agi.store")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when the database refused the *data* (a CHECK, a type): retrying cannot help.
+
+    Everything else — refused connections, timeouts, ``57P01 admin shutdown`` while
+    PostgreSQL stops, ``57P03 starting up``, ``53xxx`` out of resources, serialization
+    failures — is an outage: the decision goes to the journal and is replayed later.
+    """
+    return isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError)
 
 
 class LedgerStore:
@@ -42,8 +58,12 @@ class LedgerStore:
             if created and self.metrics:
                 self.metrics.consent_decision(decision.purpose, decision.decision)
             return CommitResult(event_id=event_id, created=created)
-        except LedgerUnavailable as exc:
-            log.warning("ledger_unavailable", error=str(exc)[:200], step="commit_decision")
+        except Exception as exc:
+            if is_data_error(exc):
+                log.error("decision_rejected", error=str(exc)[:200])
+                raise StorageUnavailable(str(exc)) from exc
+            log.warning("ledger_unavailable", error=str(exc)[:200] or type(exc).__name__,
+                        step="commit_decision")
             if self.journal is None:
                 raise StorageUnavailable(str(exc)) from exc
         try:
@@ -64,8 +84,12 @@ class LedgerStore:
             with self._timed("record_attempt"):
                 await self.ledger.record_attempt(attempt)
             return
-        except LedgerUnavailable as exc:
-            log.warning("ledger_unavailable", error=str(exc)[:200], step="record_attempt")
+        except Exception as exc:  # noqa: BLE001 - best effort: attempts are audit only
+            if is_data_error(exc):
+                log.error("attempt_rejected", error=str(exc)[:200])
+                return
+            log.warning("ledger_unavailable", error=str(exc)[:200] or type(exc).__name__,
+                        step="record_attempt")
         if self.journal is None:
             return
         data = asdict(attempt)
@@ -81,31 +105,257 @@ class LedgerStore:
 async def replay_journal(ledger: Ledger, journal: Journal) -> dict[str, int]:
     """Replay every pending journal entry into the ledger, idempotently.
 
-    Returns counts: ``replayed`` (newly stored), ``duplicates`` (already there),
-    ``files``. Stops at the first database error, leaving the rest for later.
+    Returns counts: ``replayed`` (newly stored), ``duplicates`` (already there — a
+    second replay, or a replay after a crash mid-replay), ``rejected`` (malformed or
+    refused as data: set aside in ``rejected.jsonl``, never silently dropped) and
+    ``files``. Raises :class:`LedgerUnavailable` at the first outage, leaving the file
+    (and every entry after it) for the next pass.
     """
-    from datetime import datetime
-
-    from agi.ledger import DigitPress, PromptHeard
-
-    counts = {"replayed": 0, "duplicates": 0, "files": 0}
+    counts = {"replayed": 0, "duplicates": 0, "rejected": 0, "files": 0}
     for path in await asyncio.to_thread(journal.take_pending):
-        entries = await asyncio.to_thread(lambda p=path: list(journal.read(p)))
+        try:
+            entries = await asyncio.to_thread(lambda p=path: list(journal.read(p)))  # type: ignore[misc]
+        except FileNotFoundError:
+            continue  # another replayer finished it
         for entry in entries:
-            if entry.kind == "decision":
-                decision = ConsentDecision.from_json(entry.data)
-                _, created = await ledger.record_decision(decision)
-            elif entry.kind == "attempt":
-                data = dict(entry.data)
-                for key in ("call_started_at", "ended_at"):
-                    if data.get(key):
-                        data[key] = datetime.fromisoformat(data[key])
-                data["digits"] = tuple(DigitPress(**d) for d in data.get("digits", ()))
-                data["prompts"] = tuple(PromptHeard(**p) for p in data.get("prompts", ()))
-                created = await ledger.record_attempt(AttemptRecord(**data)) is not None
-            else:
+            try:
+                created = await _replay_one(ledger, entry)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                await _reject(journal, entry, f"malformed: {type(exc).__name__}: {exc}")
+                counts["rejected"] += 1
                 continue
-            counts["replayed" if created else "duplicates"] += 1
+            except Exception as exc:
+                if is_data_error(exc):
+                    await _reject(journal, entry, f"refused by the database: {exc}")
+                    counts["rejected"] += 1
+                    continue
+                if isinstance(exc, LedgerUnavailable):
+                    raise
+                raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+            if created is not None:
+                counts["replayed" if created else "duplicates"] += 1
         await asyncio.to_thread(journal.mark_done, path)
         counts["files"] += 1
     return counts
+
+
+async def _replay_one(ledger: Ledger, entry: JournalEntry) -> bool | None:
+    """Store one entry; True if new, False if already there, None if not replayable."""
+    from agi.ledger import DigitPress, PromptHeard
+
+    if not isinstance(entry.data, Mapping):
+        raise TypeError("entry data is not an object")
+    if entry.kind == "decision":
+        _, created = await ledger.record_decision(ConsentDecision.from_json(dict(entry.data)))
+        return created
+    if entry.kind == "attempt":
+        data = dict(entry.data)
+        for key in ("call_started_at", "ended_at"):
+            if data.get(key):
+                data[key] = datetime.fromisoformat(data[key])
+        data["digits"] = tuple(DigitPress(**d) for d in data.get("digits", ()))
+        data["prompts"] = tuple(PromptHeard(**p) for p in data.get("prompts", ()))
+        return await ledger.record_attempt(AttemptRecord(**data)) is not None
+    raise ValueError(f"unknown entry kind {entry.kind!r}")
+
+
+async def _reject(journal: Journal, entry: JournalEntry, reason: str) -> None:
+    log.error("journal_entry_rejected", file=entry.file.name, lineno=entry.lineno,
+              reason=reason[:300])
+    await asyncio.to_thread(journal.reject, entry, reason)
+
+
+# --------------------------------------------------------------------------- call sessions
+
+
+class CallSessions:
+    """Which calls are in progress, kept in ``call_session`` so a crash leaves a trace.
+
+    The per-call cost stays off the call's path and small: :meth:`started` and
+    :meth:`finished` only queue; :meth:`run` flushes every ``interval`` seconds with one
+    multi-row INSERT and one multi-row UPDATE, whatever the call rate. A call that
+    starts and ends within one interval costs one row. A SIGKILL loses at most the
+    last interval's starts (calls younger than ``interval``).
+
+    On start, :meth:`recover` marks this instance's rows from earlier boots that were
+    left ``in_progress`` as ``interrupted`` and files an ``interrupted`` attempt for
+    each that holds no decision — an interrupted call is never consent.
+    """
+
+    MAX_QUEUED = 20_000  # while the database is down; beyond it the oldest are dropped
+
+    def __init__(self, pool: asyncpg.Pool, *, instance: str, default_region: str = "GB",
+                 timeout: float = 3.0, interval: float = 0.2,
+                 boot_id: uuid.UUID | None = None) -> None:
+        self.pool = pool
+        self.instance = instance
+        self.default_region = default_region
+        self.timeout = timeout
+        self.interval = interval
+        self.boot_id = boot_id or uuid.uuid4()
+        self._new: dict[str, dict[str, Any]] = {}  # started, not flushed yet
+        self._ended: dict[str, tuple[str, datetime]] = {}  # flushed, ended, not updated
+        self._flushed: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    # -- hooks the server calls (synchronous, never raise)
+
+    def started(self, call: Call, peer: str) -> None:
+        from agi.numbers import normalise
+
+        env = call.env
+        self._new[call.call_id] = {
+            "call_id": call.call_id, "route": call.route or "/", "uniqueid": env.uniqueid or None,
+            "channel_name": env.channel or None, "callerid_num": env.callerid or None,
+            "callerid_name": env.calleridname or None,
+            "number_e164": normalise(env.callerid, self.default_region), "peer": peer,
+            "started_at": call.started_at, "state": "in_progress", "outcome": None,
+            "ended_at": None,
+        }
+        if len(self._new) > self.MAX_QUEUED:
+            self._new.pop(next(iter(self._new)))
+            log.warning("call_sessions_dropped", reason="queue_full")
+
+    def finished(self, call: Call) -> None:
+        now = datetime.now(UTC)
+        row = self._new.get(call.call_id)
+        if row is not None:
+            row.update(state="finished", outcome=call.outcome, ended_at=now)
+        elif call.call_id in self._flushed:
+            self._flushed.discard(call.call_id)
+            self._ended[call.call_id] = (call.outcome, now)
+            if len(self._ended) > self.MAX_QUEUED:
+                self._ended.pop(next(iter(self._ended)))
+
+    # -- background work
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush every ``interval`` until ``stop``; then a last flush."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+            await self.flush()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write queued starts and ends; on failure keep them for the next pass."""
+        async with self._lock:
+            new, ended = self._new, self._ended
+            if not new and not ended:
+                return
+            self._new, self._ended = {}, {}
+            try:
+                async with self.pool.acquire(timeout=self.timeout) as conn:
+                    await self._write(conn, list(new.values()), ended)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must never break a call
+                log.warning("call_sessions_unsaved", error=str(exc)[:200] or type(exc).__name__,
+                            pending=len(new) + len(ended))
+                # put back (a call may have ended meanwhile: merge, the newer wins)
+                for key, row in new.items():
+                    self._new.setdefault(key, row)
+                for key, end in ended.items():
+                    self._ended.setdefault(key, end)
+                return
+            self._flushed.update(k for k, r in new.items() if r["state"] == "in_progress")
+
+    async def _write(self, conn: asyncpg.Connection, rows: list[dict[str, Any]],
+                     ended: Mapping[str, tuple[str, datetime]]) -> None:
+        async with conn.transaction():
+            if rows:
+                cols = ("call_id", "route", "state", "outcome", "uniqueid", "channel_name",
+                        "callerid_num", "callerid_name", "number_e164", "peer", "started_at",
+                        "ended_at")
+                await conn.execute(
+                    """INSERT INTO call_session (instance, boot_id, call_id, route, state,
+                           outcome, uniqueid, channel_name, callerid_num, callerid_name,
+                           number_e164, peer, started_at, ended_at)
+                       SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                           $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
+                       ON CONFLICT (instance, boot_id, call_id) DO NOTHING""",
+                    self.instance, self.boot_id, *([r[c] for r in rows] for c in cols),
+                    timeout=self.timeout,
+                )
+            if ended:
+                await conn.execute(
+                    """UPDATE call_session s SET state = 'finished', outcome = u.outcome,
+                           ended_at = u.ended_at
+                       FROM unnest($3::text[], $4::text[], $5::timestamptz[])
+                           AS u(call_id, outcome, ended_at)
+                       WHERE s.instance = $1 AND s.boot_id = $2 AND s.call_id = u.call_id""",
+                    self.instance, self.boot_id, list(ended),
+                    [o for o, _ in ended.values()], [t for _, t in ended.values()],
+                    timeout=self.timeout,
+                )
+            cut = [r["call_id"] for r in rows if r["outcome"] == "cut_short"]
+            cut += [k for k, (o, _) in ended.items() if o == "cut_short"]
+            if cut:
+                ids = await conn.fetch(
+                    "SELECT id FROM call_session WHERE instance = $1 AND boot_id = $2 "
+                    "AND call_id = ANY($3::text[])",
+                    self.instance, self.boot_id, cut, timeout=self.timeout,
+                )
+                await self._file_interrupted(conn, [r["id"] for r in ids], "cut_short_by_drain")
+
+    async def _file_interrupted(self, conn: asyncpg.Connection, session_ids: list[int],
+                                reason: str) -> int:
+        """An 'interrupted' attempt per call session that holds no decision (idempotent)."""
+        if not session_ids:
+            return 0
+        return int(await conn.fetchval(
+            """WITH filed AS (
+                   INSERT INTO consent_attempt (route, outcome, reason, number_e164, uniqueid,
+                       channel_name, callerid_num, callerid_name, call_started_at, ended_at,
+                       instance, idempotency_key)
+                   SELECT s.route, 'interrupted', $2, s.number_e164, s.uniqueid,
+                          s.channel_name, s.callerid_num, s.callerid_name, s.started_at,
+                          coalesce(s.ended_at, clock_timestamp()), s.instance,
+                          s.call_id || '|' || coalesce(s.channel_name, '') || '|attempt'
+                   FROM call_session s
+                   WHERE s.id = ANY($1::bigint[])
+                     AND NOT EXISTS (
+                         SELECT 1 FROM consent_event e
+                         WHERE e.uniqueid = s.uniqueid
+                            OR e.idempotency_key
+                               = s.call_id || '|' || coalesce(s.channel_name, '') || '|decision')
+                   ON CONFLICT (idempotency_key) DO NOTHING
+                   RETURNING 1)
+               SELECT count(*) FROM filed""",
+            session_ids, reason, timeout=self.timeout,
+        ))
+
+    async def recover(self) -> dict[str, int]:
+        """Mark calls left ``in_progress`` by earlier boots of this instance as interrupted."""
+        async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
+            rows = await conn.fetch(
+                """UPDATE call_session SET state = 'interrupted',
+                          outcome = coalesce(outcome, 'interrupted')
+                   WHERE instance = $1 AND boot_id <> $2 AND state = 'in_progress'
+                   RETURNING id""",
+                self.instance, self.boot_id, timeout=self.timeout,
+            )
+            marked = len(rows)
+            filed = await self._file_interrupted(conn, [r["id"] for r in rows],
+                                                 "server_stopped_mid_call")
+        counts = {"interrupted": marked, "attempts_filed": filed}
+        if marked:
+            log.warning("calls_interrupted_found", **counts)
+        return counts
+
+
+async def recover_at_start(ledger: Ledger, journal: Journal, sessions: CallSessions) -> None:
+    """At ``serve`` start: replay the journal, then file calls a crash cut as interrupted.
+
+    The replay comes first so a call whose decision waited in the journal is seen as
+    decided, not interrupted. Best effort: a failure is logged and serving goes on.
+    """
+    try:
+        counts = await replay_journal(ledger, journal)
+        if counts["files"]:
+            log.info("journal_replayed", **counts)
+    except Exception as exc:  # noqa: BLE001 - the running replayer retries every 2 s
+        log.warning("journal_replay_deferred", error=str(exc)[:200] or type(exc).__name__)
+    try:
+        await sessions.recover()
+    except Exception as exc:  # noqa: BLE001 - serving matters more than bookkeeping
+        log.warning("call_recovery_failed", error=str(exc)[:200] or type(exc).__name__)
