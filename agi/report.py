@@ -31,7 +31,14 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-__all__ = ["CampaignReport", "DayFunnel", "ReportError", "build_report", "render_html"]
+__all__ = [
+    "CampaignReport",
+    "DayFunnel",
+    "ReportError",
+    "build_report",
+    "render_evidence_html",
+    "render_html",
+]
 
 FUNNEL_STAGES: tuple[tuple[str, str], ...] = (
     ("contacts", "Contacts considered"),
@@ -498,5 +505,127 @@ generated {report.generated_at:%Y-%m-%d %H:%M:%S %Z}</p>{halted}
 calendar days in {_e(report.tz)}. Every figure is read from the ledger tables at generation time;
 the JSON form (<span class="mono">consent-ivr report {_e(c['name'])} --json</span>) carries the same
 numbers.</footer>
+</main></body></html>
+"""
+
+
+# --------------------------------------------------------------------------- evidence page
+
+
+def _kv_table(rows: list[tuple[str, object]]) -> str:
+    return "<table>" + "".join(
+        f"<tr><td>{_e(k)}</td><td class=\"l\">{_e('—' if v is None else v)}</td></tr>"
+        for k, v in rows) + "</table>"
+
+
+def render_evidence_html(ev: dict[str, Any]) -> str:
+    """The evidence document of :func:`agi.evidence.build_evidence` as a readable page.
+
+    Self-contained like the campaign report. Every value, including caller-controlled
+    text such as the caller ID name, is HTML-escaped.
+    """
+    chain = ev.get("chain") or {}
+    if chain.get("ok"):
+        chain_card = _card("Ledger hash chain", "intact", "ok")
+        chain_text = (f"intact: {chain.get('checked')} event(s) verified; chain head "
+                      f"{chain.get('head_hash')}")
+    else:
+        brk = chain.get("first_break") or {}
+        chain_card = _card("Ledger hash chain", "BROKEN", "bad")
+        chain_text = f"BROKEN at event {brk.get('id')} ({brk.get('kind')}): {brk.get('detail')}"
+    states = "".join(
+        f"<tr><td>{_e(s['purpose'])}</td><td>{_e(s['organisation'])}</td>"
+        f"<td>{_e(s['channel'])}</td><td><b>{_e(s['state'])}</b></td>"
+        f"<td>#{_e(s['event_id'])}</td><td>{_e(s['decided_at'])}</td></tr>"
+        for s in ev.get("state", [])
+    ) or '<tr><td colspan="6">no consent event recorded for this number</td></tr>'
+    current = next(iter(ev.get("state", [])), None)
+    state_cls = "ok" if current and current["state"] == "opted_in" else ""
+    events = []
+    for e in ev.get("events", []):
+        c = e.get("chain", {})
+        heard = "".join(
+            f"<tr><td>{_e(p.get('id'))} [{_e(p.get('lang'))}]"
+            f"{' (interrupted)' if p.get('interrupted') else ''}</td>"
+            f"<td class=\"l\">“{_e(p.get('text'))}”<br>"
+            f"<span class=\"mono\">sha256 {_e(p.get('sha256'))}</span></td></tr>"
+            for p in e.get("prompts", [])
+        ) or '<tr><td colspan="2">none recorded</td></tr>'
+        pressed = ", ".join(
+            f"{_e(d.get('digit'))} at {_e(d.get('step'))} (+{_e(d.get('offset_ms'))} ms)"
+            for d in e.get("digits", [])
+        ) or "none"
+        cls = "ok" if c.get("status") == "verified" else "bad"
+        events.append(f"""
+<h3>Event #{_e(e['id'])}: {_e(e['decision'])} for {_e(e['purpose'])}</h3>
+<div class="panel">
+{_kv_table([
+    ("Decided (caller's key press)", e.get("decided_at")),
+    ("Recorded by the ledger (database clock)", e.get("recorded_at")),
+    ("Organisation", e.get("organisation")), ("Channel", e.get("channel")),
+    ("Method", e.get("method")), ("Evidence of the number", e.get("evidence_strength")),
+    ("Captured by", e.get("captured_by")), ("Caller ID number (as received)",
+                                            e.get("callerid_num")),
+    ("Caller ID name (as received)", e.get("callerid_name")),
+    ("Call uniqueid / linkedid", f"{e.get('uniqueid')} / {e.get('linkedid')}"),
+    ("Channel name", e.get("channel_name")), ("Keys pressed", pressed),
+    ("Source / server instance", f"{e.get('source')} / {e.get('instance')}"),
+])}
+<p><b>What the caller heard</b></p>
+<table><tr><th>Prompt</th><th class="l">Exact words and audio hash</th></tr>{heard}</table>
+<p><b>Chain proof</b>: <span class="card-inline {cls}">{_e(c.get('status'))}</span>
+ — hash = sha256(prev_hash ‖ canonical form); recomputes:
+ {_e(c.get('hash_recomputes'))}</p>
+<p class="mono">prev_hash {_e(c.get('prev_hash'))}<br>hash&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;
+{_e(c.get('hash'))}</p>
+<pre class="mono">{_e(c.get('canonical'))}</pre>
+</div>""")
+    attempts = "".join(
+        f"<tr><td>#{_e(a.get('id'))}</td><td>{_e(a.get('recorded_at'))}</td>"
+        f"<td>{_e(a.get('outcome'))}</td><td>{_e(a.get('reason'))}</td>"
+        f"<td>{_e(a.get('route'))}</td><td>{_e(a.get('uniqueid'))}</td></tr>"
+        for a in ev.get("attempts", [])
+    )
+    sessions = "".join(
+        f"<tr><td>{_e(s.get('started_at'))}</td><td>{_e(s.get('state'))}</td>"
+        f"<td>{_e(s.get('outcome'))}</td><td>{_e(s.get('route'))}</td>"
+        f"<td>{_e(s.get('uniqueid'))}</td></tr>"
+        for s in ev.get("call_sessions", [])
+    )
+    ids = ev.get("call_ids", {})
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Consent evidence: {_e(ev.get('number'))}</title><style>{_CSS}
+td.l,th.l{{text-align:left}}pre{{white-space:pre-wrap;background:#f4f6f9;padding:8px;
+border-radius:6px}}h3{{font-size:15px;margin:22px 0 8px}}
+.card-inline{{padding:1px 8px;border-radius:4px;color:#fff;background:#98a2b3}}
+.card-inline.ok{{background:#1f9d55}}.card-inline.bad{{background:#d92d20}}</style></head>
+<body><main>
+<h1>Consent evidence for {_e(ev.get('number'))}</h1>
+<p class="sub">Generated {_e(ev.get('generated_at'))} from the consent ledger ·
+format {_e(ev.get('format'))}</p>
+<div class="cards">
+{_card("Current state", current["state"] if current else "no record", state_cls)}
+{_card("Consent events", len(ev.get("events", [])))}
+{_card("Calls without a decision", len(ev.get("attempts", [])))}
+{chain_card}
+</div>
+<h2>Current consent</h2>
+<table><tr><th>Purpose</th><th>Organisation</th><th>Channel</th><th>State</th><th>Event</th>
+<th>Since</th></tr>{states}</table>
+<h2>Ledger integrity</h2><p class="mono">{_e(chain_text)}</p>
+<h2>Every decision, with what the caller heard and pressed</h2>
+{"".join(events) or '<p class="sub">none</p>'}
+<h2>Calls that ended without a decision (never consent)</h2>
+{f'<table><tr><th>Id</th><th>When</th><th>Outcome</th><th>Reason</th><th>Route</th>'
+ f'<th>Uniqueid</th></tr>{attempts}</table>' if attempts else '<p class="sub">none</p>'}
+{f'<h2>Call sessions</h2><table><tr><th>Started</th><th>State</th><th>Outcome</th>'
+ f'<th>Route</th><th>Uniqueid</th></tr>{sessions}</table>' if sessions else ''}
+<h2>Call identifiers</h2>
+{_kv_table([(k, ", ".join(v) or "—") for k, v in ids.items()])}
+<footer>consent-ivr evidence export. The JSON form (<span class="mono">consent-ivr evidence
+NUMBER --json</span>) carries the same data; each event's hash can be recomputed by hand as
+sha256(prev_hash bytes followed by the UTF-8 canonical form shown).</footer>
 </main></body></html>
 """
