@@ -42,7 +42,7 @@ class JournalError(Exception):
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     kind: str  # 'decision' | 'attempt'
-    data: Any  # a dict when well-formed; replay rejects anything else
+    data: dict[str, Any]
     file: Path
     lineno: int
 
@@ -122,7 +122,9 @@ class Journal:
                     kind, data = obj["kind"], obj["data"]
                 except (ValueError, KeyError, TypeError, IndexError, RecursionError):
                     continue  # garbage: never an acknowledged decision (those are whole JSON)
-                if isinstance(kind, str):
+                # append() only ever writes a str kind and an object: anything else is
+                # not ours (and readers such as the dialer's gate rely on a dict)
+                if isinstance(kind, str) and isinstance(data, dict):
                     yield JournalEntry(kind, data, path, lineno)
 
     def mark_done(self, path: Path) -> None:
