@@ -265,7 +265,7 @@ class Channel:
         return _digit(code)
 
     async def say_digits(self, digits: str, escape_digits: str = "") -> str | None:
-        if not digits or not digits.isdigit():
+        if not digits or not (digits.isascii() and digits.isdigit()):
             raise ValueError("SAY DIGITS takes a non-empty string of 0-9")
         reply = await self.command(
             "SAY DIGITS", digits, escape_digits, timeout=len(digits) * 2.0 + self.command_timeout

@@ -224,6 +224,7 @@ class HeaderParser:
     def __init__(self, max_bytes: int = MAX_HEADER_BYTES) -> None:
         self._buf = bytearray()
         self._max = max_bytes
+        self._scanned = 0  # bytes already searched for the end: keeps feeding linear
         self.remainder = b""
         self.env: AGIEnv | None = None
 
@@ -256,14 +257,21 @@ class HeaderParser:
         return self.env
 
     def _find_end(self) -> int:
-        """Index just past the terminating empty line, or -1."""
+        """Index just past the terminating empty line (the first one), or -1.
+
+        The search resumes where the previous one stopped (less the 2 bytes a
+        separator could straddle), so a header fed byte by byte costs linear time.
+        """
         if self._buf.startswith(b"\n") or self._buf.startswith(b"\r\n"):
             raise HeaderError("empty environment block")
-        for sep in (b"\n\n", b"\n\r\n"):
-            pos = self._buf.find(sep)
-            if pos >= 0:
-                return pos + len(sep)
-        return -1
+        start = max(self._scanned - 2, 0)
+        ends = [
+            pos + len(sep)
+            for sep in (b"\n\n", b"\n\r\n")
+            if (pos := self._buf.find(sep, start)) >= 0
+        ]
+        self._scanned = len(self._buf)
+        return min(ends) if ends else -1
 
 
 # --------------------------------------------------------------------------- commands
