@@ -102,14 +102,11 @@ class ConsentFlow:
             await ch.answer()
             if method_key == "agent_transfer":
                 await dialogue.play("transfer-intro")
-            # Withdrawal must be as easy as possible: the opt-out key works from the start.
-            early = await dialogue.play("identify", s.key_opt_out)
-            if early is not None:
-                dialogue.pressed("identify", early)
+            # Identification plays whole, uninterrupted: the evidence then shows the caller
+            # heard who is asking and how to reach them before any key counted.
+            await dialogue.play("identify")
             number = await self._caller_number(call, dialogue)
-            decision = (
-                "opt_out" if early == s.key_opt_out else await self._ask(dialogue, purpose)
-            )
+            decision = await self._ask(dialogue, purpose)
             await self._commit(call, dialogue, number, purpose, METHODS[method_key],
                                decision, linkedid)
             if method_key == "agent_transfer":

@@ -52,7 +52,7 @@ async def server(settings: Settings, pool: asyncpg.Pool):  # type: ignore[no-unt
 
 
 async def test_opt_in_with_confirmation(server, pool: asyncpg.Pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "1", "1"], uniqueid="1796006581.1")
+    rec = await call(server.port, presses=["1", "1"], uniqueid="1796006581.1")
     assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
     [event] = await events(pool)
     assert rec.variables["CONSENT_EVENT_ID"] == str(event["id"])
@@ -90,7 +90,7 @@ async def test_commit_happens_before_confirmation_prompt(settings: Settings, poo
 
     flow.store = Spy()
     async with running_server(settings, {"consent": flow}) as srv:
-        fake = FakeAsterisk("127.0.0.1", srv.port, callerid=CALLER, presses=[SILENCE, "2"])
+        fake = FakeAsterisk("127.0.0.1", srv.port, callerid=CALLER, presses=["2"])
         rec = await fake.run()
     assert "consent-ivr/opted-out" not in seen["prompts_before_commit"]
     assert rec.prompt_names()[-1] == "consent-ivr/opted-out"
@@ -98,23 +98,24 @@ async def test_commit_happens_before_confirmation_prompt(settings: Settings, poo
 
 
 async def test_opt_out_needs_no_confirmation(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "2"])
+    rec = await call(server.port, presses=["2"])
     assert rec.variables["CONSENT_RESULT"] == "opted_out"
     [event] = await events(pool)
     assert event["decision"] == "opt_out"
     assert "consent-ivr/confirm-opt-in" not in rec.prompt_names()
 
 
-async def test_opt_out_key_works_during_identification(server, pool) -> None:  # type: ignore[no-untyped-def]
+async def test_identification_plays_whole_before_any_key(server, pool) -> None:  # type: ignore[no-untyped-def]
     rec = await call(server.port, presses=["2"])
     assert rec.variables["CONSENT_RESULT"] == "opted_out"
+    identify = rec.prompts[0]
+    assert identify.name == "consent-ivr/identify" and identify.outcome == "completed"
     [event] = await events(pool)
-    assert event["digits"][0]["step"] == "identify"
-    assert Q not in rec.prompt_names()
+    assert event["prompts"][0] == {**event["prompts"][0], "id": "identify", "interrupted": False}
 
 
 async def test_opt_in_then_cancel_records_nothing(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "1", "3"])
+    rec = await call(server.port, presses=["1", "3"])
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert await events(pool) == []
     [attempt] = await attempts(pool)
@@ -123,13 +124,13 @@ async def test_opt_in_then_cancel_records_nothing(server, pool) -> None:  # type
 
 
 async def test_repeat_key_plays_the_question_again(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "*", "1", "1"])
+    rec = await call(server.port, presses=["*", "1", "1"])
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert rec.prompt_names().count(Q) == 2
 
 
 async def test_invalid_key_then_valid(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "5", "2"])
+    rec = await call(server.port, presses=["5", "2"])
     assert rec.variables["CONSENT_RESULT"] == "opted_out"
     assert "consent-ivr/invalid-key" in rec.prompt_names()
     [event] = await events(pool)
@@ -137,7 +138,7 @@ async def test_invalid_key_then_valid(server, pool) -> None:  # type: ignore[no-
 
 
 async def test_three_timeouts_record_no_decision(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE] * 4)
+    rec = await call(server.port, presses=[SILENCE] * 3)
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert rec.prompt_names().count(Q) == 3
     assert rec.prompt_names()[-1] == "consent-ivr/no-decision"
@@ -147,32 +148,35 @@ async def test_three_timeouts_record_no_decision(server, pool) -> None:  # type:
 
 
 async def test_three_invalid_keys_record_no_decision(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "7", "8", "#"])
+    rec = await call(server.port, presses=["7", "8", "#"])
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert await events(pool) == []
     assert (await attempts(pool))[0]["reason"] == "invalid_keys"
 
 
 async def test_silence_on_confirmation_never_opts_in(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "1", SILENCE, SILENCE, SILENCE])
+    rec = await call(server.port, presses=["1", SILENCE, SILENCE, SILENCE])
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert await events(pool) == []
     assert (await attempts(pool))[0]["reason"] == "not_confirmed"
 
 
 @pytest.mark.parametrize(
-    ("presses", "hangup_after", "stored"),
+    ("caller", "stored"),
     [
-        pytest.param([HANGUP], None, False, id="during-identification"),
-        pytest.param([SILENCE, HANGUP], None, False, id="during-question"),
-        pytest.param([SILENCE, "1", HANGUP], None, False, id="during-confirmation"),
-        pytest.param([SILENCE, "*", HANGUP], None, False, id="during-repeat"),
-        pytest.param([SILENCE, "1", "1"], 10, True, id="during-recorded-prompt"),
-        pytest.param(None, 1, False, id="before-answer"),
+        pytest.param({"hangup_after": 4}, False, id="right-after-answer"),
+        pytest.param({"timeline": [(1.0, HANGUP)]}, False, id="during-identification"),
+        pytest.param({"presses": [HANGUP]}, False, id="during-question"),
+        pytest.param({"presses": ["1", HANGUP]}, False, id="during-confirmation"),
+        pytest.param({"presses": ["*", HANGUP]}, False, id="during-repeat"),
+        pytest.param({"presses": ["4", HANGUP]}, False, id="during-invalid-key-reprompt"),
+        pytest.param({"presses": ["1", "1"], "hangup_after": 10}, True,
+                     id="during-recorded-prompt"),
+        pytest.param({"hangup_after": 0}, False, id="before-first-command"),
     ],
 )
-async def test_hangup_at_each_step(server, pool, presses, hangup_after, stored) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=presses, hangup_after=hangup_after)
+async def test_hangup_at_each_step(server, pool, caller, stored) -> None:  # type: ignore[no-untyped-def]
+    rec = await call(server.port, **caller)
     assert rec.hung_up
     if stored:
         # hung up while hearing "recorded": the decision was already durable and stands
@@ -188,7 +192,7 @@ async def test_hangup_at_each_step(server, pool, presses, hangup_after, stored) 
 
 async def test_withheld_caller_id_keys_in_number(server, pool) -> None:  # type: ignore[no-untyped-def]
     rec = await call(
-        server.port, callerid="anonymous", presses=[SILENCE, "07400123456#", "1", "1", "1"]
+        server.port, callerid="anonymous", presses=["07400123456#", "1", "1", "1"]
     )
     assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
     [event] = await events(pool)
@@ -200,7 +204,7 @@ async def test_withheld_caller_id_keys_in_number(server, pool) -> None:  # type:
 
 async def test_restricted_presentation_is_treated_as_withheld(server, pool) -> None:  # type: ignore[no-untyped-def]
     fake = FakeAsterisk("127.0.0.1", server.port, callerid=CALLER,
-                        presses=[SILENCE, "07400123456#", "1", "2"])
+                        presses=["07400123456#", "1", "2"])
     fake.env["callingpres"] = "32"  # presentation restricted
     rec = await fake.run()
     assert rec.variables["CONSENT_RESULT"] == "opted_out"
@@ -210,21 +214,21 @@ async def test_restricted_presentation_is_treated_as_withheld(server, pool) -> N
 
 async def test_keyed_in_number_reentered_after_no(server, pool) -> None:  # type: ignore[no-untyped-def]
     rec = await call(server.port, callerid="", presses=[
-        SILENCE, "123#", "07400123450#", "2", "07400123456#", "1", "2"])
+        "123#", "07400123450#", "2", "07400123456#", "1", "2"])
     assert rec.variables["CONSENT_RESULT"] == "opted_out", rec.dialogue()
     [event] = await events(pool)
     assert event["number_e164"] == CALLER
 
 
 async def test_keyed_in_number_never_confirmed(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, callerid="anonymous", presses=[SILENCE, SILENCE, "99#", SILENCE])
+    rec = await call(server.port, callerid="anonymous", presses=[SILENCE, "99#", SILENCE])
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert await events(pool) == []
     assert (await attempts(pool))[0]["reason"] == "number_not_confirmed"
 
 
 async def test_missing_prompt_records_nothing(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=[SILENCE, "1", "1"], missing_sounds=[Q])
+    rec = await call(server.port, presses=["1", "1"], missing_sounds=[Q])
     assert rec.variables["CONSENT_RESULT"] == "error"
     assert rec.agistatus == "FAILURE"
     assert await events(pool) == []
@@ -233,14 +237,14 @@ async def test_missing_prompt_records_nothing(server, pool) -> None:  # type: ig
 
 
 async def test_duplicate_delivery_of_the_same_decision(server, pool) -> None:  # type: ignore[no-untyped-def]
-    first = await call(server.port, presses=[SILENCE, "1", "1"], uniqueid="1796000000.7")
-    second = await call(server.port, presses=[SILENCE, "1", "1"], uniqueid="1796000000.7")
+    first = await call(server.port, presses=["1", "1"], uniqueid="1796000000.7")
+    second = await call(server.port, presses=["1", "1"], uniqueid="1796000000.7")
     assert first.variables["CONSENT_EVENT_ID"] == second.variables["CONSENT_EVENT_ID"] != ""
     assert len(await events(pool)) == 1
 
 
 async def test_welsh_channel_hears_welsh_prompts(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, language="cy", presses=[SILENCE, "2"])
+    rec = await call(server.port, language="cy", presses=["2"])
     assert rec.variables["CONSENT_RESULT"] == "opted_out"
     assert {p.lang for p in rec.prompts} == {"cy"}
     [event] = await events(pool)
@@ -248,7 +252,7 @@ async def test_welsh_channel_hears_welsh_prompts(server, pool) -> None:  # type:
 
 
 async def test_unknown_language_falls_back_to_english(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, language="fr", presses=[SILENCE, "2"])
+    rec = await call(server.port, language="fr", presses=["2"])
     assert {p.lang for p in rec.prompts} == {"en"}
     [event] = await events(pool)
     assert {p["lang"] for p in event["prompts"]} == {"en"}
@@ -274,7 +278,7 @@ async def test_agent_transfer_method_is_recorded(server, pool) -> None:  # type:
         server.port,
         network_script="consent?purpose=marketing-calls&method=agent_transfer",
         answered=True,
-        presses=[SILENCE, "1", "1"],
+        presses=["1", "1"],
     )
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert rec.prompt_names()[0] == "consent-ivr/transfer-intro"
@@ -295,7 +299,7 @@ async def test_storage_down_without_journal_fails_closed(settings: Settings, poo
 
     flow.store = Down()
     async with running_server(settings, {"consent": flow}) as srv:
-        rec = await call(srv.port, presses=[SILENCE, "1", "1"])
+        rec = await call(srv.port, presses=["1", "1"])
     assert rec.variables["CONSENT_RESULT"] == "error"
     assert "consent-ivr/opted-in" not in rec.prompt_names()
     assert rec.prompt_names()[-1] == "consent-ivr/error"
@@ -306,14 +310,14 @@ async def test_custom_keys(make_settings, pool) -> None:  # type: ignore[no-unty
     settings = make_settings(key_opt_in="5", key_opt_out="6", key_confirm="5")
     flow, _, _ = consent_stack(settings, pool)
     async with running_server(settings, {"consent": flow}) as srv:
-        rec = await call(srv.port, presses=[SILENCE, "1", "5", "5"])
+        rec = await call(srv.port, presses=["1", "5", "5"])
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert "consent-ivr/invalid-key" in rec.prompt_names()
 
 
 async def test_hangup_notice_before_reply_is_handled(server, pool) -> None:  # type: ignore[no-untyped-def]
     # transcript 30: HANGUP arrives between the next command and its reply
-    rec = await call(server.port, presses=[SILENCE, HANGUP], hangup_notice="on_next_command")
+    rec = await call(server.port, presses=[HANGUP], hangup_notice="on_next_command")
     assert rec.hung_up
     assert await events(pool) == []
     [attempt] = await attempts(pool)
