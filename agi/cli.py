@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import time
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -225,31 +227,65 @@ async def cmd_journal(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_presses(text: str) -> list[Any]:
+    """``1,1`` → keys per input prompt; ``-`` silence; ``h`` hang up; ``0740…#`` GET DATA."""
+    from agi.fakeasterisk import HANGUP, SILENCE
+
+    out: list[Any] = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        if item in {"-", "silence"}:
+            out.append(SILENCE)
+        elif item in {"h", "hangup"}:
+            out.append(HANGUP)
+        elif all(ch in "0123456789*#ABCD" for ch in item):
+            out.append(item)
+        else:
+            raise ValueError(
+                f"--press: {item!r} is not keypad keys, '-' (silence) or 'h' (hang up)"
+            )
+    return out
+
+
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from agi.simulator import SimulatedCall, parse_presses
+    """Play Asterisk (the conformance-proven fake) against a running server."""
+    from agi.fakeasterisk import FakeAsterisk
+    from agi.prompts import PromptCatalogue, PromptError
 
     try:
         presses = parse_presses(args.press)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    sim = SimulatedCall(
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+    host = args.host or ("127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host)  # noqa: S104
+    port = args.port or settings.port
+    fake = FakeAsterisk(
+        host,
+        port,
         network_script=args.route,
         callerid=args.caller_id,
         calleridname=args.caller_name,
         language=args.language,
+        uniqueid=args.uniqueid or f"{time.time():.0f}.{os.getpid()}",
         presses=presses,
         hangup_after=args.hangup_after,
         sounds_dir=settings.sounds_dir,
     )
+    record = await fake.run()
+    if not record.connected:
+        raise CommandError(f"cannot reach a FastAGI server at {host}:{port}: "
+                           + "; ".join(record.errors or ["connection refused"]))
+    print(record.dialogue())
     try:
-        record = await sim.run(echo=lambda line: print(line, flush=True))
-    except OSError as exc:
-        raise CommandError(
-            f"cannot reach a FastAGI server at {sim.host}:{sim.port}: {exc.strerror or exc}"
-        ) from exc
-    print(f"-- variables: {json.dumps(record.variables)}")
+        texts = {p.id: p.text for p in PromptCatalogue.load(settings.sounds_dir)
+                 if p.lang == args.language}
+    except PromptError:
+        texts = {}
+    print("-- prompts heard:")
+    for play in record.prompts:
+        pid = play.name.removeprefix(settings.prompt_prefix)
+        how = f"interrupted by {play.digit}" if play.interrupted else play.outcome
+        print(f"   {play.name} [{how}] {texts.get(pid, '')}")
+    print(f"-- channel variables: {json.dumps(record.variables)}")
+    print(f"-- AGISTATUS would be {record.agistatus}")
     return 0
 
 
@@ -312,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", default="en")
     p.add_argument("--hangup-after", type=int, default=None,
                    help="hang up after N commands")
+    p.add_argument("--uniqueid", default=None, help="Asterisk uniqueid (default: time.pid)")
     p.set_defaults(handler=cmd_simulate)
 
     for name, (add_args, handler) in EXTRA_COMMANDS.items():
