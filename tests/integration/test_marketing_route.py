@@ -6,11 +6,9 @@ Every assertion is made outside the server: on what the fake Asterisk heard and 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
