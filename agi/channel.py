@@ -80,7 +80,7 @@ class Channel:
         self._reader = reader
         self._writer = writer
         self._parser = parser or ReplyParser()
-        self._events: list[Reply | HangupNotice] = []
+        self._events: list[Reply] = []
         self._lock = asyncio.Lock()
         self.command_timeout = command_timeout
         self.hung_up = False
@@ -147,7 +147,7 @@ class Channel:
         finally:
             self.on_command(verb, time.monotonic() - started, result)
 
-    async def _command(self, verb: str, *args: str | int, timeout: float | None) -> Reply:  # noqa: ASYNC109
+    async def _command(self, verb: str, *args: str | int, timeout: float | None) -> Reply:
         data = encode_command(verb, *args)
         async with self._lock:
             if self.closed or self._parser.eof:
@@ -258,7 +258,9 @@ class Channel:
     async def wait_for_digit(self, timeout_ms: int) -> str | None:
         """Wait for one digit; ``None`` on timeout."""
         wait = 24 * 3600.0 if timeout_ms < 0 else timeout_ms / 1000
-        reply = await self.command("WAIT FOR DIGIT", timeout_ms, timeout=wait + self.command_timeout)
+        reply = await self.command(
+            "WAIT FOR DIGIT", timeout_ms, timeout=wait + self.command_timeout
+        )
         code = reply.result_int
         if code < 0:
             raise await self._failed("WAIT FOR DIGIT")

@@ -12,11 +12,10 @@ import contextlib
 import json
 import os
 import signal
-import time
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -376,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     try:
-        return asyncio.run(args.handler(settings, args))
+        code: int = asyncio.run(args.handler(settings, args))
+        return code
     except (CommandError, ConfigError) as exc:
         print(f"consent-ivr: {exc}", file=sys.stderr)
         return 2

@@ -125,7 +125,8 @@ class Settings:
                 elif value == "" and f.name in {"agi_token", "ami_secret", "metrics_addr"}:
                     value = None
             except (TypeError, ValueError):
-                raise ConfigError(f"{name}: {value!r} is not a valid {type(current).__name__}") from None
+                kind = type(current).__name__
+                raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
             values[f.name] = value
         settings = replace(defaults, **values)
         settings.validate()
@@ -164,7 +165,9 @@ class Settings:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise ConfigError(f"CONSENT_IVR_ALLOW_FROM: {cidr!r} is not an address or CIDR") from None
+                raise ConfigError(
+                    f"CONSENT_IVR_ALLOW_FROM: {cidr!r} is not an address or CIDR"
+                ) from None
         if self.log_format not in {"auto", "json", "console"}:
             raise ConfigError("CONSENT_IVR_LOG_FORMAT: must be auto, json or console")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:

@@ -275,6 +275,15 @@ _EVENT_COLUMNS = """id, recorded_at, decided_at, number_e164, organisation, purp
     instance, source, idempotency_key"""
 
 
+# the column list is a constant of this module, never input
+_CONSENT_AT_SQL = f"""SELECT {_EVENT_COLUMNS} FROM consent_event
+    WHERE number_e164 = $1 AND purpose = $2 AND channel = $3
+      AND ($4::text IS NULL OR organisation = $4)
+      AND recorded_at <= $5 AND decided_at <= $5
+    ORDER BY decided_at DESC, id DESC
+    LIMIT $6"""  # noqa: S608
+
+
 def _event(row: asyncpg.Record) -> StoredEvent:
     data = dict(row)
     data["digits"] = json.loads(data["digits"])
@@ -298,7 +307,7 @@ class Ledger:
         Raises :class:`LedgerUnavailable` when the database cannot confirm the write:
         the caller must then not be told the decision was stored (or must journal it).
         """
-        sql = f"""
+        sql = """
             WITH ins AS (
                 INSERT INTO consent_event (
                     decided_at, number_e164, organisation, purpose, channel, decision, method,
@@ -313,7 +322,6 @@ class Ledger:
             UNION ALL
             SELECT id, false FROM consent_event WHERE idempotency_key = $21
             LIMIT 1"""
-        _ = _EVENT_COLUMNS
         try:
             row = await self.pool.fetchrow(
                 sql,
@@ -406,12 +414,7 @@ class Ledger:
             async with self.pool.acquire(timeout=self.timeout) as conn:
                 now = at or await conn.fetchval("SELECT clock_timestamp()")
                 rows = await conn.fetch(
-                    f"""SELECT {_EVENT_COLUMNS} FROM consent_event
-                        WHERE number_e164 = $1 AND purpose = $2 AND channel = $3
-                          AND ($4::text IS NULL OR organisation = $4)
-                          AND recorded_at <= $5 AND decided_at <= $5
-                        ORDER BY decided_at DESC, id DESC
-                        LIMIT $6""",
+                    _CONSENT_AT_SQL,
                     number_e164,
                     purpose,
                     channel,

@@ -394,7 +394,7 @@ def parse_reply_line(line: str) -> Reply:
                 raise ProtocolError(f"malformed 200 reply: {line[:120]!r}")
             data = rest[1:-1]
         return Reply(code=200, result=result, data=data, endpos=endpos)
-    head, _, text = line.partition(" ")
+    head = line.partition(" ")[0]
     if len(head) == 3 and head.isdigit() and head != "200":
         return Reply(code=int(head), text=line)
     raise ProtocolError(f"not an AGI reply: {line[:120]!r}")

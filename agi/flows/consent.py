@@ -181,7 +181,9 @@ class ConsentFlow:
         tries = repeats = 0
         last_problem = "timeout"
         while tries < s.max_tries:
-            key = await dialogue.ask(f"question-{purpose}", "question", ALL_KEYS, s.digit_timeout_ms)
+            key = await dialogue.ask(
+                f"question-{purpose}", "question", ALL_KEYS, s.digit_timeout_ms
+            )
             if key == s.key_repeat and repeats < MAX_REPEATS:
                 repeats += 1
                 continue
