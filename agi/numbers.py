@@ -8,7 +8,8 @@ __all__ = ["WITHHELD_TOKENS", "normalise", "presentation_restricted"]
 
 #: What Asterisk and carriers put in the caller ID when there is none to show.
 WITHHELD_TOKENS = frozenset(
-    {"", "unknown", "anonymous", "withheld", "private", "restricted", "unavailable", "none"}
+    {"", "anonymous", "unknown", "withheld", "restricted", "private", "unavailable", "blocked",
+     "asterisk", "none", "null", "<unknown>"}
 )
 
 
@@ -17,7 +18,9 @@ def normalise(raw: str | None, default_region: str) -> str | None:
 
     ``None`` for withheld tokens, text that is not a number, and numbers that are not
     valid (wrong length, unassigned range): a consent record needs a number that
-    identifies a real line.
+    identifies a real line. Letters are refused outright (phonenumbers would read
+    "1-800-FLOWERS" as digits, and a mangled withheld marker must never become somebody's
+    real number), and so are extensions (not one dialable destination).
 
     >>> normalise("07700 900123", "GB")
     >>> normalise("020 7946 0018", "GB")
@@ -28,15 +31,15 @@ def normalise(raw: str | None, default_region: str) -> str | None:
     if raw is None:
         return None
     text = raw.strip()
-    if text.lower() in WITHHELD_TOKENS or len(text) > 32:
+    if text.lower() in WITHHELD_TOKENS or len(text) > 64:
         return None
-    if text.startswith("00"):
-        text = "+" + text[2:]
+    if any(ch.isalpha() for ch in text):
+        return None
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+    if parsed.extension or not phonenumbers.is_valid_number(parsed):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 

@@ -27,6 +27,8 @@ import phonenumbers
 from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as pn_timezone
 
+from agi.numbers import normalise
+
 __all__ = [
     "ALLOWED",
     "ATTEMPTS_EXHAUSTED",
@@ -138,24 +140,6 @@ _CALLABLE_BACK_TYPES: Final[frozenset[int]] = frozenset(
 )
 
 # What Asterisk and carriers put in CALLERID(num) when there is no usable number.
-_WITHHELD_TOKENS: Final[frozenset[str]] = frozenset(
-    {
-        "",
-        "anonymous",
-        "unknown",
-        "withheld",
-        "restricted",
-        "private",
-        "unavailable",
-        "blocked",
-        "asterisk",
-        "none",
-        "null",
-        "<unknown>",
-    }
-)
-
-
 def _check_window(window: tuple[time, time]) -> None:
     start, end = window
     if start.tzinfo is not None or end.tzinfo is not None or not start < end:
@@ -391,18 +375,7 @@ def normalise_number(raw: str, default_region: str) -> str | None:
     region = default_region.strip().upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ValueError(f"unsupported default region {default_region!r}")
-    text = raw.strip()
-    if text.lower() in _WITHHELD_TOKENS or len(text) > 64:
-        return None
-    if any(ch.isalpha() for ch in text):
-        return None
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if parsed.extension or not phonenumbers.is_valid_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return normalise(raw, region)
 
 
 def _parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:
