@@ -60,7 +60,8 @@ async def test_opt_in_with_confirmation(server, pool: asyncpg.Pool) -> None:  # 
     assert event["method"] == "ivr_inbound" and event["evidence_strength"] == "caller_id"
     assert event["channel"] == "automated_call" and event["purpose"] == "marketing-calls"
     assert event["callerid_name"] == 'Jane "JJ" Doe' and event["uniqueid"] == "1796006581.1"
-    assert [(d["step"], d["digit"]) for d in event["digits"]] == [("question", "1"), ("confirm", "1")]
+    steps = [(d["step"], d["digit"]) for d in event["digits"]]
+    assert steps == [("question", "1"), ("confirm", "1")]
     assert [p["id"] for p in event["prompts"]] == [
         "identify", "question-marketing-calls", "confirm-opt-in"]
     manifest = json.loads((server.settings.sounds_dir / "manifest.json").read_text())

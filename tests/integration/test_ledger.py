@@ -140,7 +140,7 @@ async def test_migrations_rerun_is_a_noop(pool: asyncpg.Pool) -> None:
         assert await apply_migrations(conn) == []
         assert await pending_migrations(conn) == []
         versions = await conn.fetch("SELECT version FROM schema_migration ORDER BY version")
-    assert [r["version"] for r in versions][0] == 1
+    assert versions[0]["version"] == 1
 
 
 async def test_concurrent_migrators_apply_once(pg_root_url: str) -> None:

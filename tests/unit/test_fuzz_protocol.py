@@ -8,7 +8,6 @@ lines survive a format -> parse round trip whatever the chunking.
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
