@@ -1,0 +1,1 @@
+"""Benchmarks of consent-ivr against its peers: ``python -m bench`` (docs/benchmarks.md)."""

@@ -1,0 +1,352 @@
+"""``python -m bench [--quick] [--only PART...]``: every figure of issue 6, one command.
+
+Sets up what it needs ($DATABASE_URL, or an embedded PostgreSQL via agi.pgembed), runs
+each part with the servers under test and the load generator in separate processes,
+prints a table and writes ``bench/results/latest.json``. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+
+PARTS = ("sessions", "hold", "storm", "screen", "pacing")
+
+
+def machine() -> dict[str, Any]:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    return {
+        "nproc": os.cpu_count(),
+        "lscpu": lscpu.splitlines()[:10],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_at_start": os.getloadavg(),
+    }
+
+
+def measure_window(pid: int, run: Callable[[], dict[str, Any]], warmup: float,
+                   duration: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the load generator while sampling the server's and PostgreSQL's CPU."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(run()))
+    thread.start()
+    time.sleep(warmup + 0.5)  # + the load generator's start-up
+    c0, p0, t0 = procs.cpu_seconds(pid), procs.postgres_cpu_seconds(), time.monotonic()
+    l0 = os.getloadavg()[0]
+    time.sleep(max(duration - 0.8, 0.5))
+    wall = time.monotonic() - t0
+    p1 = procs.postgres_cpu_seconds()
+    cpu = {"server_cpu_pct": round(100 * (procs.cpu_seconds(pid) - c0) / wall, 1),
+           "postgres_cpu_pct": None if p0 is None or p1 is None
+           else round(100 * (p1 - p0) / wall, 1),
+           "loadavg_1m": round(max(l0, os.getloadavg()[0]), 2)}
+    thread.join()
+    return out, cpu
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
+    quick = ctx["quick"]
+    levels = [50] if quick else [50, 200, 1000]
+    duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
+    targets = ["consent-ivr", "raw", "panoramisk", "panoramisk-db"]
+    wd = ctx["workdir"]
+    db_url = procs.run(ctx["db"].create())
+    results: dict[str, Any] = {"levels": {}, "paced": {}}
+    try:
+        with procs.server("consent-ivr", wd, database_url=db_url) as srv:
+            rec = procs.loadgen({"mode": "record", "host": "127.0.0.1", "port": srv.port})
+        tpl_file = wd / "templates.json"
+        tpl_file.write_text(json.dumps(rec))
+        templates = rec["templates"]
+        results["dialogues"] = {t["name"]: [c.rstrip("\n") for c in t["commands"]]
+                                for t in templates}
+        runs: list[tuple[str, int, int]] = [(t, c, 0) for c in levels for t in targets]
+        if not quick:
+            runs += [(t, 200, ctx["think_ms"]) for t in targets]
+        by_target: dict[str, list[tuple[int, int]]] = {}
+        for target, conc, think in runs:
+            by_target.setdefault(target, []).append((conc, think))
+        for target, plan in by_target.items():
+            env_url = db_url if target in ("consent-ivr", "panoramisk-db") else None
+            with procs.server(target, wd, database_url=env_url, templates=tpl_file) as srv:
+                for conc, think in plan:
+                    cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+                           "templates": templates, "concurrency": conc, "think_ms": think,
+                           "duration_s": duration, "warmup_s": warmup,
+                           "ramp_s": min(2.0, conc / 500)}
+                    cfg["warmup_s"] = max(warmup, cfg["ramp_s"] + 0.5)
+                    res, cpu = measure_window(
+                        srv.pid, lambda cfg=cfg: procs.loadgen(cfg), cfg["warmup_s"], duration)
+                    res.update(cpu)
+                    key = "paced" if think else "levels"
+                    results[key].setdefault(str(conc), {})[target] = res
+                    _progress(f"sessions {target} c={conc} think={think}ms: "
+                              f"{res['calls_per_s']} calls/s, cmd p99 "
+                              f"{res['cmd_latency_ms']['p99']} ms, errors {res['errors']}")
+    finally:
+        procs.run(ctx["db"].drop(db_url))
+    for block in (results["levels"], results["paced"]):
+        for by in block.values():
+            ours = by.get("consent-ivr", {}).get("calls_per_s") or 0
+            for peer in ("raw", "panoramisk", "panoramisk-db"):
+                if by.get(peer, {}).get("calls_per_s"):
+                    by.setdefault("ratios", {})[f"vs_{peer}"] = round(
+                        ours / by[peer]["calls_per_s"], 2)
+    return results
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+def part_hold(ctx: dict[str, Any]) -> dict[str, Any]:
+    calls = 1000 if ctx["quick"] else 10_000
+    wd = ctx["workdir"]
+    db_url = procs.run(ctx["db"].create())
+    tpl = _templates(ctx)
+    try:
+        with procs.server("consent-ivr", wd, database_url=db_url,
+                          max_calls=calls + 2000) as srv:
+            # warm up: imports, pools, caches — then the baseline
+            procs.loadgen({"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+                           "templates": tpl, "concurrency": 50, "duration_s": 1,
+                           "warmup_s": 0.5})
+            time.sleep(0.5)
+            base = procs.rss_kib(srv.pid)
+            holder = procs.HoldingLoadgen({
+                "mode": "hold", "host": "127.0.0.1", "port": srv.port,
+                "templates": [t for t in tpl if t["name"] == "opt_in"], "calls": calls,
+                "batch": 250, "timeout_s": 180})
+            info = holder.wait_held()
+            time.sleep(1.0)
+            held_rss = procs.rss_kib(srv.pid)
+            result = holder.release()
+            time.sleep(1.0)
+            after_rss = procs.rss_kib(srv.pid)
+    finally:
+        procs.run(ctx["db"].drop(db_url))
+    per_call = (held_rss - base) / max(info.get("held", calls), 1)
+    out = {**result, "rss_base_kib": base, "rss_held_kib": held_rss,
+           "rss_after_release_kib": after_rss, "rss_per_call_kib": round(per_call, 1),
+           "nofile_limit": procs.raise_nofile()[0], "server_max_calls": calls + 2000}
+    _progress(f"hold {calls}: held {out['held']}, {out['rss_per_call_kib']} KiB/call, "
+              f"errors {out['errors']}, refused {out['refused']}")
+    return out
+
+
+# --------------------------------------------------------------------------- part 3
+
+
+def part_storm(ctx: dict[str, Any]) -> dict[str, Any]:
+    wd = ctx["workdir"]
+    db_url = procs.run(ctx["db"].create())
+    tpl = _templates(ctx)
+    out: dict[str, Any] = {}
+    try:
+        with procs.server("consent-ivr", wd, database_url=db_url) as srv:
+            procs.loadgen({"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+                           "templates": tpl, "concurrency": 20, "duration_s": 0.5,
+                           "warmup_s": 0.2})
+            for name, spread in (("spread_1s", 1.0), ("burst", 0.0)):
+                res = procs.loadgen({"mode": "storm", "host": "127.0.0.1", "port": srv.port,
+                                     "templates": tpl, "calls": 500, "spread_s": spread})
+                out[name] = res
+                _progress(f"storm {name}: refused {res['refused']}, first command p99 "
+                          f"{res['first_command_ms']['p99']} ms max "
+                          f"{res['first_command_ms']['max']} ms, over 2 s {res['over_2s']}")
+                time.sleep(1.0)
+    finally:
+        procs.run(ctx["db"].drop(db_url))
+    return out
+
+
+def _templates(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recorded dialogues (recorded once per run, against consent-ivr itself)."""
+    if "templates" not in ctx:
+        path = ctx["workdir"] / "templates.json"
+        if not path.exists():
+            db_url = procs.run(ctx["db"].create())
+            try:
+                with procs.server("consent-ivr", ctx["workdir"], database_url=db_url) as srv:
+                    path.write_text(json.dumps(procs.loadgen(
+                        {"mode": "record", "host": "127.0.0.1", "port": srv.port})))
+            finally:
+                procs.run(ctx["db"].drop(db_url))
+        ctx["templates"] = json.loads(path.read_text())["templates"]
+    return list(ctx["templates"])
+
+
+# --------------------------------------------------------------------------- parts 4, 5
+
+
+def part_screen(ctx: dict[str, Any]) -> dict[str, Any]:
+    from bench import screening
+
+    return screening.run(ctx)
+
+
+def part_pacing(ctx: dict[str, Any]) -> dict[str, Any]:
+    from bench import pacing
+
+    return pacing.run(ctx)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _progress(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def _f(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:,}{unit}" if isinstance(v, int) else f"{v:,.1f}{unit}"
+
+
+def table(res: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+    s = res.get("sessions")
+    if s:
+        for conc, by in s["levels"].items():
+            for target in ("consent-ivr", "raw", "panoramisk", "panoramisk-db"):
+                r = by.get(target)
+                if not r:
+                    continue
+                lat, ktc = r["cmd_latency_ms"], r["keypress_to_commit_ms"]
+                rows.append((
+                    f"1. sessions/s @{conc} ch, {target}",
+                    f"{_f(r['calls_per_s'])} /s",
+                    f"cmd p50/p99 {_f(lat['p50'])}/{_f(lat['p99'])} ms; "
+                    f"key→commit p50/p99 {_f(ktc['p50'])}/{_f(ktc['p99'])} ms",
+                    f"cpu srv {r['server_cpu_pct']}% pg {r['postgres_cpu_pct']}% "
+                    f"gen {r['client_cpu_pct']}%; err {r['errors']}"))
+            ratios = by.get("ratios", {})
+            if ratios:
+                rows.append((f"1. ratio @{conc} ch", " ".join(
+                    f"{k[3:]} {v:.2f}x" for k, v in ratios.items()), "", ""))
+        for conc, by in s.get("paced", {}).items():
+            for target, r in by.items():
+                if target == "ratios":
+                    continue
+                lat, ktc = r["cmd_latency_ms"], r["keypress_to_commit_ms"]
+                rows.append((
+                    f"1. paced @{conc} ch, {r['think_ms']} ms think, {target}",
+                    f"{_f(r['calls_per_s'])} /s",
+                    f"cmd p50/p99 {_f(lat['p50'])}/{_f(lat['p99'])} ms; "
+                    f"key→commit p50/p99 {_f(ktc['p50'])}/{_f(ktc['p99'])} ms",
+                    f"cpu srv {r['server_cpu_pct']}% err {r['errors']}"))
+    h = res.get("hold")
+    if h:
+        rows.append((f"2. {h['calls']:,} open calls waiting for a digit",
+                     f"{h['rss_per_call_kib']} KiB/call",
+                     f"held {h['held']:,}, RSS {h['rss_base_kib']:,}→{h['rss_held_kib']:,} KiB "
+                     f"in {h['open_s']} s",
+                     f"errors {h['errors']}, refused {h['refused']}"))
+    st = res.get("storm")
+    if st:
+        for name, r in st.items():
+            fc = r["first_command_ms"]
+            rows.append((f"3. storm 500 conns, {name}",
+                         f"refused {r['refused']}",
+                         f"connect→1st cmd p50/p99/max {_f(fc['p50'])}/{_f(fc['p99'])}/"
+                         f"{_f(fc['max'])} ms; over 2 s: {r['over_2s']}",
+                         f"completed {r['completed']}, errors {r['errors']}"))
+    sc = res.get("screen")
+    if sc:
+        if sc.get("available") is False:
+            rows.append(("4. gate screening", "not available", sc.get("reason", ""), ""))
+        else:
+            rows.append((f"4. screen {sc['numbers']:,} numbers ({sc['method']})",
+                         f"{_f(sc['seconds'])} s",
+                         f"{_f(sc['numbers_per_s'])} numbers/s", sc.get("note", "")))
+            if sc.get("naive"):
+                n = sc["naive"]
+                rows.append((f"4. naive per-number gate ({n['sample']:,} sampled)",
+                             f"{_f(n['extrapolated_seconds'])} s (extrapolated)",
+                             f"{_f(n['numbers_per_s'])} numbers/s",
+                             f"set-based is {_f(sc.get('speedup'))}x faster"))
+    pc = res.get("pacing")
+    if pc:
+        if pc.get("available") is False:
+            rows.append(("5. dialer pacing", "not available", pc.get("reason", ""), ""))
+        else:
+            for r in pc.get("runs", []):
+                rows.append((f"5. pacing at {r['configured_cps']} calls/s",
+                             f"{_f(r['achieved_cps'])} /s",
+                             f"error {_f(r['error_pct'])} %",
+                             f"{r['originates']} Originates in {r['seconds']} s"))
+            if pc.get("gate_decisions_per_s") is not None:
+                rows.append(("5. gate decisions", f"{_f(pc['gate_decisions_per_s'])} /s",
+                             pc.get("gate_note", ""), ""))
+    widths = [max(len(r[i]) for r in rows) if rows else 0 for i in range(4)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="~1 minute smoke run")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    parser.add_argument("--think-ms", type=int, default=100,
+                        help="caller think time per reply for the paced latency run")
+    parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    nofile = procs.raise_nofile()
+    from agi.logconfig import configure_logging
+
+    configure_logging("console", "warning")  # the dialer's and pools' INFO lines stay out
+    started = time.time()
+    ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
+                           "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
+    result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
+                              "nofile_limit": nofile,
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    db = procs.Database()
+    print("setting up PostgreSQL ...", file=sys.stderr, flush=True)
+    db.start()
+    ctx["db"] = db
+    parts = {"sessions": part_sessions, "hold": part_hold, "storm": part_storm,
+             "screen": part_screen, "pacing": part_pacing}
+    try:
+        for name in args.only or PARTS:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            t0 = time.monotonic()
+            try:
+                result[name] = parts[name](ctx)
+            except Exception as exc:
+                result[name] = {"available": False, "reason": f"failed: {exc!r}"[:500]}
+                print(f"  !! {name} failed: {exc!r}", file=sys.stderr, flush=True)
+            result.setdefault("part_seconds", {})[name] = round(time.monotonic() - t0, 1)
+    finally:
+        db.stop()
+    result["total_seconds"] = round(time.time() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    m = result["machine"]
+    print(f"\nconsent-ivr benchmark ({'quick' if args.quick else 'full'}), "
+          f"{m['nproc']} CPUs, Python {m['python']}, {result['total_seconds']} s")
+    print(table(result))
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Smoke test of the benchmark's smallest piece: it runs and produces figures.
+
+The real server (in-process, real PostgreSQL) is recorded by the strict fake, then the
+load generator — in its own process, as in ``python -m bench`` — replays the dialogues
+for two seconds. No figure is compared with a threshold: timings come from the
+benchmark only; this proves the machinery works and that the replay checks commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import asyncpg
+
+from agi.config import Settings, repo_root
+from bench.loadgen import SCRIPTS, Template, record
+from bench.peers import build_tree
+from tests.harness import consent_stack, running_server
+
+
+async def _loadgen(cfg: dict[str, object]) -> dict[str, object]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", json.dumps(cfg), cwd=repo_root(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def test_closed_loop_produces_figures(settings: Settings, pool: asyncpg.Pool) -> None:
+    flow, _, _ = consent_stack(settings, pool)
+    async with running_server(settings, {"consent": flow}) as srv:
+        templates = [await record("127.0.0.1", srv.port, name, presses, weight)
+                     for name, (presses, weight) in SCRIPTS.items()]
+        result = await _loadgen({
+            "mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+            "templates": [t.to_json() for t in templates], "concurrency": 4,
+            "duration_s": 2.0, "warmup_s": 0.5, "ramp_s": 0.1})
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["calls"] > 0 and result["refused"] == 0
+    for key in ("cmd_latency_ms", "keypress_to_commit_ms", "first_command_ms"):
+        figures = result[key]
+        assert isinstance(figures, dict) and figures["n"] > 0 and figures["p99"] is not None
+    # every decision the load made is in the ledger, once (the server did the work)
+    stored = await pool.fetchval("SELECT count(*) FROM consent_event")
+    assert stored >= 1
+    # the peers walk the same dialogue: one tree, rooted at the flow's first command
+    tree = build_tree([t.to_json() for t in templates])
+    assert tree[0]["cmd"] == templates[0].commands[0].decode().rstrip("\n")
+
+
+async def test_replay_rejects_a_server_that_skips_a_command() -> None:
+    """A server that does less than recorded is an error, never a faster figure."""
+    tpl = Template(name="t", env=b"agi_network: yes\nagi_uniqueid: UNIQUEID\n\n",
+                   commands=[b"ANSWER\n", b'SET VARIABLE "A" "1"\n'],
+                   replies=[b"200 result=0\n", b"200 result=1\n"], keypress=-1, commit=-1)
+
+    async def lazy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\n", b""):
+            pass
+        writer.write(b'SET VARIABLE "A" "1"\n')  # skipped ANSWER
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(lazy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await _loadgen({
+            "mode": "storm", "host": "127.0.0.1", "port": port, "templates": [tpl.to_json()],
+            "calls": 3, "spread_s": 0.0})
+    assert result["errors"] == 3 and result["completed"] == 0
