@@ -510,6 +510,54 @@ def zone_verdicts(
     return out
 
 
+# The same facts for a whole list, set-based: the ledger rows of the organisation for the
+# list's numbers are read once and ranked with DISTINCT ON (hash joins instead of 3 index
+# probes per contact). test_screen checks it agrees with _FACTS_SQL + the Python gate.
+_LIST_FACTS_SQL = """
+WITH t AS MATERIALIZED (
+    SELECT id AS contact_id, number_e164, time_zones, state, attempts, last_attempt_at
+      FROM contact WHERE campaign_id = $5),
+ev AS MATERIALIZED (
+    SELECT e.id, e.number_e164, e.decided_at, e.purpose, e.channel, e.decision,
+           e.recorded_at, e.organisation, e.captured_by
+      FROM consent_event e
+     WHERE e.organisation = $1 AND e.recorded_at <= $3
+       AND e.number_e164 IN (SELECT number_e164 FROM t)),
+a AS (SELECT DISTINCT ON (number_e164) number_e164, id, decided_at FROM ev
+       WHERE purpose = $2 AND channel = 'automated_call'
+       ORDER BY number_e164, decided_at DESC, id DESC),
+o AS (SELECT DISTINCT ON (number_e164) number_e164, id, decided_at FROM ev
+       WHERE decision = 'opt_out'
+       ORDER BY number_e164, decided_at DESC, id DESC),
+l AS (SELECT DISTINCT ON (number_e164) number_e164, id FROM ev
+       WHERE purpose = $2
+       ORDER BY number_e164, decided_at DESC, id DESC),
+sup AS (SELECT DISTINCT s.number_e164 FROM suppression_entry s
+         WHERE s.snapshot_id = ANY(ARRAY(SELECT id FROM suppression_snapshot WHERE current))
+           AND s.number_e164 IN (SELECT number_e164 FROM t)),
+eff AS (
+    SELECT t.*, CASE
+        WHEN o.id IS NOT NULL AND (a.id IS NULL OR (o.decided_at, o.id) > (a.decided_at, a.id))
+            THEN o.id
+        ELSE COALESCE(a.id, l.id) END AS eff_id
+      FROM t
+      LEFT JOIN a ON a.number_e164 = t.number_e164
+      LEFT JOIN o ON o.number_e164 = t.number_e164
+      LEFT JOIN l ON l.number_e164 = t.number_e164)
+SELECT eff.contact_id, eff.number_e164, eff.time_zones, eff.state, eff.attempts,
+       eff.last_attempt_at,
+       ev.id AS ev_id, ev.decision AS ev_decision, ev.recorded_at AS ev_recorded_at,
+       ev.channel AS ev_channel, ev.organisation AS ev_organisation,
+       ev.captured_by AS ev_captured_by,
+       (d.number_e164 IS NOT NULL OR eff.number_e164 = ANY($4::text[])) AS dnc,
+       (sup.number_e164 IS NOT NULL) AS suppressed
+  FROM eff
+  LEFT JOIN ev ON ev.id = eff.eff_id
+  LEFT JOIN do_not_call d ON d.number_e164 = eff.number_e164 AND d.organisation = $1
+  LEFT JOIN sup ON sup.number_e164 = eff.number_e164
+"""
+
+
 # The dry run: the gate's order (agi.policy.gate) as one CASE over the facts of every contact.
 # $6 campaign-level refusal (stale list, caller ID) or NULL; $7 consent channels; $8 third-party
 # max age or NULL; $9 whether a calling window applies; $10/$11 zones and their verdicts;
@@ -867,7 +915,7 @@ class CampaignStore:
         )
 
     def _screen_sql(self) -> str:
-        return _SCREEN_SQL.format(facts=_FACTS_SQL.format(targets=_CONTACT_TARGETS))
+        return _SCREEN_SQL.format(facts=_LIST_FACTS_SQL)
 
     async def screen_counts(
         self, campaign: Campaign, at: datetime, journal_opt_outs: Sequence[str] = ()
