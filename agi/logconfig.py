@@ -59,11 +59,21 @@ def mask_numbers(
     for key, value in list(event_dict.items()):
         if key in _SAFE_KEYS:
             continue
-        if isinstance(value, str):
-            event_dict[key] = _scrub(value)
-        elif isinstance(value, list | tuple):
-            event_dict[key] = [_scrub(v) if isinstance(v, str) else v for v in value]
+        event_dict[key] = _scrub_value(value)
     return event_dict
+
+
+def _scrub_value(value: Any, depth: int = 0) -> Any:
+    """Strings, and strings inside lists and dicts (a few levels), scrubbed."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if depth > 4:
+        return value
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in _SAFE_KEYS else _scrub_value(v, depth + 1) for k, v in value.items()}
+    return value
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
@@ -77,14 +87,15 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: Any = None
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
-        mask_numbers,
     ]
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
+        # before masking: database errors quote the failing row, phone number included
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+    shared.append(mask_numbers)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -114,17 +114,18 @@ async def test_at_capacity_refuses_fast(
 ) -> None:
     settings = make_settings(max_calls=2)
     async with await serve(settings, pool) as srv:
-        busy = [asyncio.create_task(call(srv.port, presses=[SILENCE] * 5, realtime=True,
-                                         uniqueid=f"1.{i}")) for i in range(2)]
-        while srv.active_calls < 2:
-            await asyncio.sleep(0.01)
+        # two calls in progress: their flows wait for a reply that does not come yet
+        busy = [await raw_peer(srv.port) for _ in range(2)]
+        for reader, writer in busy:
+            writer.write(HEADER)
+            assert (await reader.readline()).startswith(b"SET VARIABLE")
+        assert srv.active_calls == 2
         with capture_logs() as logs:
             t0 = time.monotonic()
             rec = await call(srv.port, uniqueid="1.3")
             refused_in = time.monotonic() - t0
-        for task in busy:
-            task.cancel()
-        await asyncio.gather(*busy, return_exceptions=True)
+        for _, writer in busy:
+            writer.close()
     assert rec.commands == [] and rec.variables.get("CONSENT_RESULT") is None
     assert refusals(logs)[0]["reason"] == "at_capacity"
     print(f"\nrefused at capacity in {refused_in * 1000:.1f} ms")

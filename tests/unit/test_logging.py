@@ -1,0 +1,86 @@
+"""Logs: one line per event whatever a caller sends, and no phone number in clear.
+
+The masking processor is fuzzed (hypothesis): for any text a caller controls, the
+rendered JSON line is one line, carries no raw control character and no run of seven or
+more digits outside the identifier keys.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agi.logconfig import configure_logging, mask_number, mask_numbers
+
+_DIGIT_RUN = re.compile(r"\d{7,}")
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("json", "info", stream=buf)
+    yield buf
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(("raw", "masked"), [
+    ("+447700900123", "+4477009****23"),
+    ("07700900123", "077009****23"),
+    ("5551234", "55****34"),
+    ("123456", "******"),
+])
+def test_mask_number(raw: str, masked: str) -> None:
+    assert mask_number(raw) == masked
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.lists(st.text(), max_size=3))
+def test_any_caller_text_is_one_clean_line(name: str, extra: list[str]) -> None:
+    out = mask_numbers(None, "info", {"callerid_name": name, "digits": extra,
+                                      "uniqueid": "1700000000.12345"})
+    for value in [out["callerid_name"], *out["digits"]]:
+        assert not re.search(r"[\x00-\x1f\x7f]", value)
+        assert not _DIGIT_RUN.search(value.replace("****", "|"))
+    assert out["uniqueid"] == "1700000000.12345"  # identifiers are not phone numbers
+
+
+def test_forged_line_break_and_number_in_a_real_log_line(json_log: io.StringIO) -> None:
+    log = structlog.get_logger("agi.test")
+    log.warning("agi_connection_refused", peer="10.0.0.1:5060",
+                calleridname='x"\n{"event": "consent_recorded", "number": "+447700900123"}\r')
+    lines = json_log.getvalue().splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event["event"] == "agi_connection_refused"
+    assert "\n" not in event["calleridname"] and "+447700900123" not in lines[0]
+
+
+def test_numbers_in_nested_values_and_tracebacks_are_masked(json_log: io.StringIO) -> None:
+    """asyncpg puts the failing row, phone number included, in its error DETAIL."""
+    log = structlog.get_logger("agi.test")
+    try:
+        raise ValueError("Failing row contains (3, +447400200250, Example)")
+    except ValueError:
+        log.exception("agi_call_failed", context={"number": "+447400200251"})
+    text = json_log.getvalue()
+    assert len(text.splitlines()) == 1
+    assert "+447400200250" not in text and "+447400200251" not in text
+    assert "agi_call_failed" in text and "ValueError" in text
+
+
+def test_stdlib_loggers_render_the_same_way(json_log: io.StringIO) -> None:
+    logging.getLogger("asyncpg.pool").warning("lost connection to +447700900123\nretrying")
+    [line] = json_log.getvalue().splitlines()
+    assert "+447700900123" not in line and json.loads(line)["logger"] == "asyncpg.pool"
