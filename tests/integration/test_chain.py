@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import string
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -371,3 +374,14 @@ def test_canonical_is_stable() -> None:
     assert "callerid_name=~\n" in text
     assert event_hash(GENESIS, event).hex() == event_hash(bytes(32), event).hex()
     assert set(string.hexdigits) >= set(event_hash(GENESIS, event).hex())
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() points logging at the test's captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)

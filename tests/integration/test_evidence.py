@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from agi.chain import GENESIS, canonical
 from agi.cli import main
@@ -112,3 +115,14 @@ async def test_evidence_command(
     assert "Event #" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["evidence", "not a number"]) == 2
     assert "not a valid phone number" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() points logging at the test's captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from agi.campaigns import CampaignStore
 from agi.chain import verify_chain
@@ -248,3 +250,14 @@ async def test_database_down_and_journal_disk_full_never_confirms(
     finally:
         await conn.close()
     await pool.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() points logging at the test's captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
