@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -71,11 +73,21 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """The journal outside pytest's shared basetemp, which a concurrent pytest run of the
+    same user may prune mid-test."""
+    path = Path(tempfile.mkdtemp(prefix="consent-ivr-journal-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 async def test_database_stopped_during_a_burst_loses_no_decision(
     own_pg: EmbeddedPostgres, outage_db: str, make_settings: Callable[..., Settings],
+    private_dir: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = make_settings(db_timeout=1.0, instance="outage-test")
+    settings = make_settings(db_timeout=1.0, instance="outage-test", journal_dir=private_dir)
     pool = await connect_pool(outage_db, min_size=1, max_size=10, timeout=1.0)
     ledger = Ledger(pool, timeout=1.0)
     journal = Journal(settings.journal_dir)
@@ -181,6 +193,9 @@ async def test_database_stopped_during_a_burst_loses_no_decision(
         "FROM consent_event WHERE uniqueid LIKE '1800000000.%'")
     stored = {r["idempotency_key"]: r["source"] for r in rows}
     assert all(r["n"] == 1 for r in rows)  # one event per call, never two
+    missing = set(confirmed) - set(stored)
+    assert not missing, (missing, counts, sorted(journaled),
+                         (settings.journal_dir / "rejected.jsonl").exists())
     assert set(stored) == set(confirmed)  # every decision a caller heard confirmed, no other
     assert {k for k, s in stored.items() if s == "journal"} == journaled
     assert await pool.fetchval("SELECT count(*) FROM consent_event") == (
