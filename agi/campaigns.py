@@ -100,6 +100,8 @@ class CampaignSpec:
     retry_spacing: timedelta = timedelta(hours=4)
     ring_seconds: int = 25
     opt_out_key: str = "9"
+    #: ask callees who hold an opt-in to re-confirm it (1) or stop (the opt-out key)
+    reconfirm: bool = False
 
     def validate(self) -> None:
         """Raise :class:`CampaignError` naming the first invalid field."""
@@ -142,6 +144,9 @@ class CampaignSpec:
             raise CampaignError("calling window must be START-END with START before END")
         if len(self.opt_out_key) != 1 or self.opt_out_key not in "0123456789*#":
             raise CampaignError("opt-out key must be one keypad key")
+        if self.reconfirm and self.opt_out_key == "1":
+            raise CampaignError("re-confirmation keeps the opt-in with 1: the opt-out key "
+                                "must be another key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,7 @@ class Campaign:
     halted_at: datetime | None
     halt_reason: str | None
     created_at: datetime
+    reconfirm: bool = False
 
     @property
     def policy_profile(self) -> policy.Profile:
@@ -195,6 +201,7 @@ class Campaign:
             "retry_spacing_s": int(self.retry_spacing.total_seconds()),
             "ring_seconds": self.ring_seconds,
             "opt_out_key": self.opt_out_key,
+            "reconfirm": self.reconfirm,
             "status": self.status,
             "halted_at": self.halted_at.isoformat() if self.halted_at else None,
             "halt_reason": self.halt_reason,
@@ -204,14 +211,14 @@ class Campaign:
 _CAMPAIGN_COLUMNS = """id, name, organisation, purpose, profile, audio_prompt, window_start,
     window_end, caller_id, dial_template, default_region, pacing_cps, max_concurrent,
     max_attempts, retry_spacing, ring_seconds, opt_out_key, status, halted_at, halt_reason,
-    created_at"""
+    created_at, reconfirm"""
 
 
 _INSERT_CAMPAIGN = f"""
     INSERT INTO campaign (name, organisation, purpose, profile, audio_prompt, window_start,
         window_end, caller_id, dial_template, default_region, pacing_cps, max_concurrent,
-        max_attempts, retry_spacing, ring_seconds, opt_out_key)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+        max_attempts, retry_spacing, ring_seconds, opt_out_key, reconfirm)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
     RETURNING {_CAMPAIGN_COLUMNS}"""  # noqa: S608
 
 
@@ -627,6 +634,7 @@ class CampaignStore:
                 spec.retry_spacing,
                 spec.ring_seconds,
                 spec.opt_out_key,
+                spec.reconfirm,
             )
         except asyncpg.UniqueViolationError:
             raise CampaignError(f"a campaign named {spec.name!r} already exists") from None

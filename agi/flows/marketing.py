@@ -16,7 +16,13 @@ The rules this flow keeps:
   independently of the Python gate) before the campaign audio starts; a row the database
   cannot verify plays nothing and halts the campaign;
 * the opt-out key interrupts every prompt; the opt-out (and, by trigger, the do-not-call entry)
-  is durable before the one-line confirmation plays, and the call ends right after it.
+  is durable before the one-line confirmation plays, and the call ends right after it;
+* a campaign with ``reconfirm`` asks, after the opt-out offer and before the campaign audio,
+  for the opt-in to be re-confirmed: the opt-out key is the opt-out above; ``1`` records a fresh
+  opt-in (``ivr_outbound_reconfirm``), durable before the campaign audio starts; silence, or
+  a fresh opt-in that cannot be stored, leaves the existing opt-in as it was (silence is never
+  consent, and never withdrawal).  The fresh opt-in is written after the playback row: it was
+  given during this call, so it is not the prior consent this call's audio relies on.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ log = structlog.get_logger("agi.flows.marketing")
 PROMPTS: Final = (
     "marketing-identify",
     "marketing-opt-out-instructions",
+    "reconfirm",
     "marketing-opted-out",
     "goodbye",
     "error",
@@ -60,6 +67,9 @@ CAMPAIGN_HALTED: Final = "campaign_halted"
 UNKNOWN_NUMBER: Final = "unknown_number"
 CALLER_ID_WITHHELD: Final = "caller_id_withheld"
 UNVERIFIED_CONSENT: Final = "unverified_consent"
+
+#: the key that keeps an opt-in when a campaign re-confirms it (the ``reconfirm`` prompt says so)
+RECONFIRM_KEY: Final = "1"
 
 
 class MarketingStore(Protocol):
@@ -123,10 +133,12 @@ class _Refused(Exception):
 
 
 class _OptedOut(Exception):
-    def __init__(self, step: str, digit: str) -> None:
+    def __init__(self, step: str, digit: str, *, noted: bool = False) -> None:
         super().__init__(step)
         self.step = step
         self.digit = digit
+        #: the press is already in the dialogue's digits (GET OPTION notes it itself)
+        self.noted = noted
 
 
 @dataclass(slots=True)
@@ -195,10 +207,20 @@ class MarketingFlow:
                 digit = await dialogue.play(step, key)
                 if digit is not None:
                     raise _OptedOut(step, digit)
+            reconfirmed = False
+            if campaign.reconfirm:
+                digit = await dialogue.ask(
+                    "reconfirm", "reconfirm", RECONFIRM_KEY + key, self.settings.digit_timeout_ms
+                )
+                if digit == key:
+                    raise _OptedOut("reconfirm", digit, noted=True)
+                reconfirmed = digit == RECONFIRM_KEY
             # Right before the marketing audio: read the ledger again, in this same flow.
             facts = await self._gate(call, ctx)
             assert facts.latest is not None
             await self._start_play(call, dialogue, ctx, facts.latest.event_id)
+            if reconfirmed:
+                await self._reconfirm(call, dialogue, ctx)
             self.metrics.marketing_played(with_valid_opt_in=True)
             digit = await dialogue.play(campaign.audio_prompt, key)
             if digit is not None:
@@ -214,7 +236,8 @@ class MarketingFlow:
         except _Refused as refused:
             await self._refuse(call, dialogue, ctx, refused.decision, refused.event_id)
         except _OptedOut as opt:
-            dialogue.pressed(opt.step, opt.digit)
+            if not opt.noted:
+                dialogue.pressed(opt.step, opt.digit)
             await self._opt_out(call, dialogue, ctx)
         except AGIHangup:
             if call.outcome == "unknown":
@@ -263,6 +286,11 @@ class MarketingFlow:
         prompt = self.prompts.get("marketing-opt-out-instructions", env.language)
         if f"press {campaign.opt_out_key}" not in prompt.text.lower():
             raise _Refused(_refusal(policy.ERROR, "the opt-out prompt does not name the key"))
+        if campaign.reconfirm:
+            text = self.prompts.get("reconfirm", env.language).text.lower()
+            if f"press {campaign.opt_out_key}" not in text or f"press {RECONFIRM_KEY}" not in text:
+                raise _Refused(_refusal(policy.ERROR, "the reconfirm prompt does not name the "
+                                        f"keys {RECONFIRM_KEY} and {campaign.opt_out_key}"))
         assert ctx.number is not None and ctx.call_started_at is not None
         journal = await self.journal_opt_outs(campaign.organisation)
         now = datetime.now(UTC)
@@ -385,6 +413,41 @@ class MarketingFlow:
         await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_REFUSED)
         await self._attempt_result(ctx, cv.RESULT_REFUSED)
         await ch.hangup()
+
+    async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
+        """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
+        ch = call.channel
+        env = call.env
+        campaign = ctx.campaign
+        assert campaign is not None and ctx.number is not None
+        decision = ConsentDecision(
+            number_e164=ctx.number,
+            organisation=campaign.organisation,
+            purpose=campaign.purpose,
+            decision="opt_in",
+            method="ivr_outbound_reconfirm",
+            evidence_strength="caller_id",
+            decided_at=datetime.now(UTC),
+            idempotency_key=f"{env.uniqueid or call.call_id}|{env.channel}|marketing-reconfirm",
+            instance=self.settings.instance,
+            channel="automated_call",
+            digits=tuple(dialogue.digits),
+            prompts=tuple(dialogue.heard),
+            uniqueid=env.uniqueid or None,
+            channel_name=env.channel or None,
+            callerid_num=env.callerid,
+            callerid_name=env.calleridname,
+            call_started_at=ctx.call_started_at,
+        )
+        try:
+            result = await self.store.commit_decision(decision)
+        except StorageUnavailable:
+            # The opt-in this call was allowed on still stands: as if the callee kept silent.
+            log.error("marketing_reconfirm_not_stored")
+            return
+        log.info("consent_recorded", decision="opt_in", event_id=result.event_id,
+                 journaled=result.journaled, method="ivr_outbound_reconfirm")
+        await ch.set_variable(cv.CONSENT_EVENT_ID, str(result.event_id or ""))
 
     async def _opt_out(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Record the opt-out (durably), then confirm in one line and hang up."""
