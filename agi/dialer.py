@@ -19,6 +19,12 @@ dialer asks Asterisk which of its channels are still up (``CoreShowChannels``). 
 up is followed to its hang-up; one that is gone and was never reported is closed as
 ``unknown`` -- counted as an attempt, retried only under the campaign's attempt rules.
 Originates not yet sent wait for the new session: nothing is lost.
+
+Metrics (:mod:`agi.metrics`): every gate decision by reason; every Originate once as ``sent``
+(which drives the achieved calls per second) and once more by how it ended (``answered``;
+``failed``: busy, no answer, congestion; ``rejected`` by Asterisk; ``unknown``: the outcome
+was lost with the AMI session); the AMI session state and its reconnects; the calls in
+flight (ringing or up) as concurrent channels.
 """
 
 from __future__ import annotations
@@ -186,6 +192,12 @@ class _Call:
     originate_reason: int | None = None
     hangup_cause: int | None = None
     uniqueid: str | None = None
+    #: the Originate action went out on an AMI session
+    sent: bool = False
+    #: Asterisk refused the Originate action itself (no call was placed)
+    rejected: bool = False
+    #: the Originate's result is in the metrics (each Originate is counted once)
+    counted: bool = False
 
     def finish(self, state: str) -> None:
         if not self.finished.is_set():
@@ -229,6 +241,9 @@ class Dialer:
         ami.on_event = self._on_event
         ami.on_disconnect = self._on_disconnect
         ami.on_login = self._on_login
+        # The first login usually happened before this dialer took the callbacks over.
+        self.metrics.ami_connected(ami.ready)
+        self.metrics.watch_channels(lambda: self.channels)
 
     @property
     def metrics(self) -> Any:
@@ -237,6 +252,27 @@ class Dialer:
 
             self._metrics = current()
         return self._metrics
+
+    @property
+    def channels(self) -> int:
+        """Calls placed and not yet over (ringing or up): the concurrent channels."""
+        return sum(1 for c in self.calls.values() if not c.finished.is_set())
+
+    def _count_result(self, call: _Call, result: str) -> None:
+        if not call.counted:
+            call.counted = True
+            self.metrics.dial_originated(result)
+
+    def _count_final(self, call: _Call) -> None:
+        if call.answered:
+            result = "answered"
+        elif call.rejected:
+            result = "rejected"
+        elif call.state == "failed":
+            result = "failed"  # busy, no answer, congestion (the reason is in dial_attempt)
+        else:
+            result = "unknown"
+        self._count_result(call, result)
 
     # ----------------------------------------------------------------- AMI events
 
@@ -259,6 +295,7 @@ class Dialer:
         if ev.get("Response") == "Success":
             if not call.answered:
                 call.answered = True
+                self._count_result(call, "answered")
                 self._spawn(self._mark_answered(call))
         else:
             call.finish("failed")
@@ -295,6 +332,7 @@ class Dialer:
                 call.uncertain = False  # still there: its Hangup will come on this session
                 if live[call.job.action_id] == "Up" and not call.answered:
                     call.answered = True  # the OriginateResponse was lost with the session
+                    self._count_result(call, "answered")
                     self._spawn(self._mark_answered(call))
                 log.info("dial_call_survived_ami_loss", attempt=call.job.attempt_id)
             else:
@@ -336,6 +374,7 @@ class Dialer:
             while not self.ami.ready:
                 await self.ami.wait_ready()
             future = self.ami.originate(self._originate_fields(job))
+            call.sent = True
             self.metrics.dial_originated("sent")
             log.info("dial_originated", attempt=job.attempt_id, number=job.number_e164,
                      attempt_no=job.attempt_no)
@@ -348,6 +387,8 @@ class Dialer:
                 await self._reconcile()
                 call.finish("unknown")
         finally:
+            if call.sent:
+                self._count_final(call)
             await self._close_attempt(call)
             self.calls.pop(job.action_id, None)
             self._changed.set()
@@ -363,6 +404,7 @@ class Dialer:
         if result.get("Response") != "Success":
             log.warning("dial_originate_rejected", attempt=call.job.attempt_id,
                         message=str(result.get("Message")))
+            call.rejected = True
             call.finish("failed")
 
     async def _close_attempt(self, call: _Call) -> None:

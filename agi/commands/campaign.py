@@ -79,6 +79,9 @@ def _campaign_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--retry-spacing", type=float, default=240, help="minutes between attempts")
     c.add_argument("--ring", type=int, default=25, help="seconds to ring")
     c.add_argument("--opt-out-key", default="9")
+    c.add_argument("--reconfirm", action="store_true",
+                   help="before the campaign audio, ask callees to re-confirm their opt-in "
+                   "(1 keeps it, recorded anew; the opt-out key stops the calls)")
     s = sub.add_parser("show", help="one campaign with its counters")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
@@ -109,6 +112,7 @@ async def _campaign(settings: Settings, args: argparse.Namespace) -> int:
                     retry_spacing=timedelta(minutes=args.retry_spacing),
                     ring_seconds=args.ring,
                     opt_out_key=args.opt_out_key,
+                    reconfirm=args.reconfirm,
                 )
                 _print_campaign(await store.create_campaign(spec))
             elif args.action == "list":
@@ -282,10 +286,17 @@ def _dialer_args(p: argparse.ArgumentParser) -> None:
 
 
 async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: str | None) -> int:
+    """``dial`` (one campaign to completion) and ``dialer`` (the worker, with its exporter).
+
+    Only the long-running worker listens on ``CONSENT_IVR_METRICS_ADDR``: a one-off ``dial``
+    on a host where ``serve`` already holds that address must not fail for it.
+    """
     import os
     import socket
 
+    from agi.config import ConfigError
     from agi.dialer import AmiClient, AmiError, Dialer, DialerConfig
+    from agi.metrics import Metrics, Readiness, install, start_exporter
 
     if not settings.ami_secret:
         raise CommandError("CONSENT_IVR_AMI_SECRET is not set (AMI login for the dialer)")
@@ -294,6 +305,7 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics = install(Metrics())
     async with open_pool(settings, migrate=True) as pool:
         store = _store(pool, settings)
         target = None
@@ -302,25 +314,40 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
                 target = await store.require_campaign(campaign)
             except CampaignError as exc:
                 raise CommandError(str(exc)) from exc
-        ami = AmiClient(settings.ami_host, settings.ami_port, settings.ami_user,
-                        settings.ami_secret)
+        exporter = None
+        if target is None:
+            try:
+                exporter = await start_exporter(
+                    settings.metrics_addr, metrics,
+                    Readiness(pool, None, timeout=settings.db_timeout, metrics=metrics))
+            except ConfigError as exc:
+                raise CommandError(
+                    f"{exc} (if `consent-ivr serve` runs on this host it holds that address: "
+                    "give the dialer its own, e.g. CONSENT_IVR_METRICS_ADDR=127.0.0.1:9465)"
+                ) from exc
         try:
-            await ami.connect()
-        except AmiError as exc:
-            raise CommandError(str(exc)) from exc
-        config = DialerConfig(worker=worker, journal_dir=settings.journal_dir,
-                              exit_on_block=target is not None,
-                              exit_when_done=target is not None)
-        dialer = Dialer(store, ami, config)
-        try:
-            if target is not None:
-                why = await dialer.run_campaign(target.id, stop)
-                print(f"campaign {target.name}: {why}")
-                return 0 if why in ("done", "stopped") else 3
-            await dialer.run_all(stop)
-            return 0
+            ami = AmiClient(settings.ami_host, settings.ami_port, settings.ami_user,
+                            settings.ami_secret)
+            try:
+                await ami.connect()
+            except AmiError as exc:
+                raise CommandError(str(exc)) from exc
+            config = DialerConfig(worker=worker, journal_dir=settings.journal_dir,
+                                  exit_on_block=target is not None,
+                                  exit_when_done=target is not None)
+            dialer = Dialer(store, ami, config, metrics=metrics)
+            try:
+                if target is not None:
+                    why = await dialer.run_campaign(target.id, stop)
+                    print(f"campaign {target.name}: {why}")
+                    return 0 if why in ("done", "stopped") else 3
+                await dialer.run_all(stop)
+                return 0
+            finally:
+                await ami.close()
         finally:
-            await ami.close()
+            if exporter is not None:
+                await exporter.close()
 
 
 async def _dial(settings: Settings, args: argparse.Namespace) -> int:
