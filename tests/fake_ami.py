@@ -16,7 +16,12 @@ Channels belong to the fake "Asterisk", not to a connection: they live on while 
 connection drops (events sent while nobody is connected are lost, as with real Asterisk), and
 ``CoreShowChannels`` on the next session lists them.  Tests script each number's fate with
 ``outcome`` and can hold answered calls up (``hold``), drop the connection at chosen moments,
-and read every Originate received (``originates``).
+refuse new manager connections for a while (``accepting``), and read every Originate received
+(``originates``) and every event emitted (``events``).
+
+:class:`OutboundDialplan` is an ``on_answer`` hook that plays the ``consent-outbound`` context
+of ``dialplan/extensions_consent.conf``: it runs the marketing AGI for the answered channel,
+as a strict fake Asterisk (:class:`agi.fakeasterisk.FakeAsterisk`) over real TCP.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from agi.fakeasterisk import CallRecord, FakeAsterisk
 
 EOL = "\r\n"
 BANNER = "Asterisk Call Manager/9.0.0\r\n"
@@ -53,6 +60,8 @@ class FakeChannel:
     action_id: str
     variables: dict[str, str]
     answered: bool = False
+    #: the Originate's CallerID header (what the callee's phone shows)
+    caller_id: str = ""
 
 
 @dataclass
@@ -78,6 +87,10 @@ class FakeAMI:
     #: got it and places the call) or "lost" (it never reached Asterisk)
     drop_on_originate: dict[int, str] = field(default_factory=dict)
     originates: list[Originate] = field(default_factory=list)
+    #: every event emitted, in order (also those lost because nobody was connected)
+    events: list[dict[str, str]] = field(default_factory=list)
+    #: False: new manager connections are closed at once (Asterisk restarting)
+    accepting: bool = True
     channels: dict[str, FakeChannel] = field(default_factory=dict)
     logins: int = 0
     events_lost: int = 0
@@ -122,9 +135,13 @@ class FakeAMI:
     def numbers_originated(self) -> list[str]:
         return [o.number for o in self.originates]
 
+    def events_named(self, name: str) -> list[dict[str, str]]:
+        return [e for e in self.events if e.get("Event") == name]
+
     # ------------------------------------------------------------------ wire
 
     def _send_event(self, pairs: list[tuple[str, str]]) -> None:
+        self.events.append(dict(pairs))
         if not self._writers:
             self.events_lost += 1
             return
@@ -132,6 +149,9 @@ class FakeAMI:
             writer.write(encode(pairs))
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.accepting:
+            writer.close()
+            return
         session = next(self._session_ids)
         logged_in = False
         writer.write(BANNER.encode())
@@ -236,6 +256,7 @@ class FakeAMI:
             number=number,
             action_id=str(msg.get("ActionID", "")),
             variables=variables,
+            caller_id=str(msg.get("CallerID", "")),
         )
         self.channels[ch.uniqueid] = ch
         task = asyncio.get_running_loop().create_task(self._call(ch))
@@ -278,3 +299,55 @@ class FakeAMI:
         with contextlib.suppress(Exception):
             for writer in self._writers.values():
                 await writer.drain()
+
+
+def _caller_id(header: str) -> tuple[str, str]:
+    """``"Example Energy Ltd" <+442079460000>`` → (number, name)."""
+    name, _, rest = header.rpartition("<")
+    return rest.rstrip(">").strip(), name.strip().strip('"')
+
+
+@dataclass
+class OutboundDialplan:
+    """``on_answer`` hook: the ``consent-outbound`` context for each answered channel.
+
+    As ``dialplan/extensions_consent.conf`` does: no ``CONSENT_CAMPAIGN`` → no AGI (the
+    dialplan goes to ``consent-fallback``); otherwise
+    ``AGI(agi://host:port/marketing?campaign=${CONSENT_CAMPAIGN}&attempt=${CONSENT_ATTEMPT}
+    [&token=…])`` on the channel the fake AMI reported (same name and uniqueid as its
+    ``Newchannel``/``OriginateResponse``/``Hangup`` events), with the presented caller ID.
+    The callee's keys come from ``presses(number)``; ``records`` keeps each call's record by
+    uniqueid.  The fake AMI emits the ``Hangup`` once the AGI is over.
+    """
+
+    agi_port: int
+    agi_host: str = "127.0.0.1"
+    token: str | None = None
+    presses: Callable[[str], list[Any]] = lambda number: []
+    #: awaited before the AGI starts (e.g. something happens while the phone rings)
+    before_agi: Callable[[FakeChannel], Awaitable[None]] | None = None
+    records: dict[str, CallRecord] = field(default_factory=dict)
+    scripts: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    async def __call__(self, ch: FakeChannel) -> None:
+        campaign = ch.variables.get("CONSENT_CAMPAIGN", "")
+        attempt = ch.variables.get("CONSENT_ATTEMPT", "")
+        if not campaign:
+            self.skipped.append(ch.uniqueid)
+            return
+        if self.before_agi is not None:
+            await self.before_agi(ch)
+        script = f"marketing?campaign={campaign}&attempt={attempt}"
+        if self.token:
+            script += f"&token={self.token}"
+        number, name = _caller_id(ch.caller_id)
+        self.scripts[ch.uniqueid] = script
+        fake = FakeAsterisk(
+            self.agi_host, self.agi_port, network_script=script, channel=ch.name,
+            uniqueid=ch.uniqueid, callerid=number or "unknown", calleridname=name or "unknown",
+            context="consent-outbound", extension="s", answered=True,
+            variables={"CONSENT_CAMPAIGN": campaign, "CONSENT_ATTEMPT": attempt},
+            presses=self.presses(ch.number),
+        )
+        self.records[ch.uniqueid] = await fake.run()
