@@ -321,10 +321,10 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
                     settings.metrics_addr, metrics,
                     Readiness(pool, None, timeout=settings.db_timeout, metrics=metrics))
             except ConfigError as exc:
-                raise CommandError(
-                    f"{exc} (if `consent-ivr serve` runs on this host it holds that address: "
-                    "give the dialer its own, e.g. CONSENT_IVR_METRICS_ADDR=127.0.0.1:9465)"
-                ) from exc
+                hint = (" (if `consent-ivr serve` runs on this host it holds that address: give "
+                        "the dialer its own, e.g. CONSENT_IVR_METRICS_ADDR=127.0.0.1:9465)"
+                        if "cannot listen" in str(exc) else "")
+                raise CommandError(f"{exc}{hint}") from exc
         try:
             ami = AmiClient(settings.ami_host, settings.ami_port, settings.ami_user,
                             settings.ami_secret)
