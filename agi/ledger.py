@@ -56,6 +56,12 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
     """
     directory = directory or migrations_dir()
     files = sorted(p for p in directory.iterdir() if _MIGRATION_NAME.fullmatch(p.name))
+    numbers = [p.name[:3] for p in files]
+    clashes = sorted({n for n in numbers if numbers.count(n) > 1})
+    if clashes:
+        # versions are tracked by number: a second file with the same number would be
+        # skipped silently on databases that already have the first
+        raise ValueError(f"two migrations share a number: {', '.join(clashes)} in {directory}")
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
