@@ -101,9 +101,23 @@ def ledger(pool: asyncpg.Pool) -> Ledger:
 
 
 @pytest.fixture
-def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def private_dir() -> Iterator[Path]:
+    """A temp directory of this test alone.
+
+    Not under pytest's basetemp: a second pytest run by the same user prunes old
+    basetemps, which would pull a journal or a data directory from under a running test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="consent-ivr-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg(private_dir: Path) -> Iterator[EmbeddedPostgres]:
     """A private embedded PostgreSQL this test may stop, kill and start again."""
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("ownpg") / "pg")
+    pg = EmbeddedPostgres(private_dir / "pg")
     pg.start()
     try:
         yield pg
@@ -112,7 +126,7 @@ def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgre
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(private_dir: Path) -> Settings:
     """Settings for in-process servers: ephemeral port, short timeouts, temp journal."""
     return replace(
         Settings(),
@@ -122,8 +136,8 @@ def settings(tmp_path: Path) -> Settings:
         header_timeout=2.0,
         db_timeout=2.0,
         drain_timeout=2.0,
-        journal_dir=tmp_path / "journal",
-        data_dir=tmp_path / "var",
+        journal_dir=private_dir / "journal",
+        data_dir=private_dir / "var",
         sounds_dir=repo_root() / "sounds",
         instance="test-instance",
         metrics_addr=None,
