@@ -340,8 +340,10 @@ _RECORD_DECISIONS_SQL = """
 #: errors meaning "the database could not confirm the write" (never "the data is wrong")
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                 asyncpg.exceptions.CannotConnectNowError)
-#: most decisions one group commit carries (one transaction, one WAL flush)
-_GROUP_MAX = 64
+#: most decisions one group commit carries (one statement, one WAL flush): large, because
+#: a loaded event loop takes long to come back to the committer, and everything that
+#: queued meanwhile should go in the next statement, not wait for several more
+_GROUP_MAX = 1000
 
 
 def _decision_args(d: ConsentDecision) -> tuple[Any, ...]:

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from agi.chain import verify_chain
-from agi.ledger import ConsentDecision, DigitPress, Ledger, PromptHeard
+from agi.ledger import _GROUP_MAX, ConsentDecision, DigitPress, Ledger, PromptHeard
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -82,7 +82,7 @@ async def test_a_bad_decision_fails_alone(ledger: Ledger, pool: asyncpg.Pool) ->
     assert (await verify_chain(pool)).first_break is None
 
 
-@pytest.mark.parametrize("writers", [1, 64, 65])
+@pytest.mark.parametrize("writers", [1, _GROUP_MAX, _GROUP_MAX + 1])
 async def test_group_sizes(ledger: Ledger, pool: asyncpg.Pool, writers: int) -> None:
     results = await asyncio.gather(*(ledger.record_decision(decision(i))
                                      for i in range(writers)))
