@@ -291,6 +291,8 @@ async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 #: route name → factory(settings, pool, store, prompts) -> RouteHandler; filled by plugins
 ROUTE_FACTORIES: dict[str, Callable[..., Any]] = {}
+#: one-line help of extra subcommands, for ``consent-ivr --help``
+COMMAND_HELP: dict[str, str] = {}
 #: extra subcommands: name → (add_arguments(parser), handler)
 EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
@@ -350,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uniqueid", default=None, help="Asterisk uniqueid (default: time.pid)")
     p.set_defaults(handler=cmd_simulate)
 
-    for name, (add_args, handler) in EXTRA_COMMANDS.items():
-        p = sub.add_parser(name)
+    for name, (add_args, handler) in sorted(EXTRA_COMMANDS.items()):
+        p = sub.add_parser(name, help=COMMAND_HELP.get(name))
         add_args(p)
         p.set_defaults(handler=handler)
     return parser

@@ -22,9 +22,12 @@ def register_command(
     name: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     handler: Callable[[Any, argparse.Namespace], Awaitable[int]],
+    help: str | None = None,
 ) -> None:
     """Add ``consent-ivr NAME``; ``handler(settings, args)`` returns the exit code."""
     cli.EXTRA_COMMANDS[name] = (add_arguments, handler)
+    if help:
+        cli.COMMAND_HELP[name] = help
 
 
 def register_route(name: str, factory: Callable[..., Any]) -> None:

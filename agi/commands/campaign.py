@@ -358,9 +358,24 @@ async def _dialer(settings: Settings, args: argparse.Namespace) -> int:
     return await _run_dialer(settings, args, None)
 
 
-register_command("campaign", _campaign_args, _campaign)
-register_command("contacts", _contacts_args, _contacts)
-register_command("suppression", _suppression_args, _suppression)
-register_command("screen", _screen_args, _screen)
-register_command("dial", _dial_args, _dial)
-register_command("dialer", _dialer_args, _dialer)
+register_command(
+    "campaign", _campaign_args, _campaign,
+    help="create, show, list, pause or resume a campaign",
+)
+register_command(
+    "contacts", _contacts_args, _contacts,
+    help="import a campaign's contact list (CSV)",
+)
+register_command(
+    "suppression", _suppression_args, _suppression,
+    help="import a TPS/CTPS/US-DNC/internal suppression snapshot",
+)
+register_command(
+    "screen", _screen_args, _screen,
+    help="dry run: who could we lawfully call now, and why not",
+)
+register_command("dial", _dial_args, _dial, help="run one campaign to completion over AMI")
+register_command(
+    "dialer", _dialer_args, _dialer,
+    help="long-running dialer worker for every active campaign",
+)

@@ -49,4 +49,7 @@ async def cmd_evidence_html(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("evidence-html", _args, cmd_evidence_html)
+register_command(
+    "evidence-html", _args, cmd_evidence_html,
+    help="evidence of one number as a self-contained HTML page",
+)

@@ -67,5 +67,11 @@ async def cmd_evidence(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("verify-ledger", _verify_args, cmd_verify_ledger)
-register_command("evidence", _evidence_args, cmd_evidence)
+register_command(
+    "verify-ledger", _verify_args, cmd_verify_ledger,
+    help="walk the ledger's hash chain; name the first broken link",
+)
+register_command(
+    "evidence", _evidence_args, cmd_evidence,
+    help="everything about one number, with the chain proof",
+)

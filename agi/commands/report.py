@@ -88,4 +88,4 @@ async def _write(path: Path, text: str) -> None:
         raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-register_command("report", _args, cmd_report)
+register_command("report", _args, cmd_report, help="campaign compliance report (HTML or JSON)")
