@@ -7,6 +7,7 @@ Flows hold no SQL and no sockets. They talk to the caller through
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from agi.call import Call
@@ -67,6 +68,47 @@ class Dialogue:
         )
         self.heard.append(prompt.heard(interrupted=result.digit is not None))
         return result.digit
+
+    def decision(
+        self,
+        *,
+        step: str,
+        number_e164: str,
+        organisation: str,
+        purpose: str,
+        decision: str,
+        method: str,
+        evidence_strength: str,
+        instance: str,
+        call_started_at: datetime | None = None,
+        linkedid: str | None = None,
+    ) -> ConsentDecision:
+        """A decision carrying this call's evidence: who, the keys pressed, what was heard.
+
+        Its idempotency key is the call (uniqueid, channel) plus ``step``, so a retried or
+        replayed write of the same decision can never add a second row.
+        """
+        env = self.call.env
+        return ConsentDecision(
+            number_e164=number_e164,
+            organisation=organisation,
+            purpose=purpose,
+            decision=decision,
+            method=method,
+            evidence_strength=evidence_strength,
+            decided_at=datetime.now(UTC),
+            idempotency_key=f"{env.uniqueid or self.call.call_id}|{env.channel}|{step}",
+            instance=instance,
+            channel="automated_call",
+            digits=tuple(self.digits),
+            prompts=tuple(self.heard),
+            uniqueid=env.uniqueid or None,
+            linkedid=linkedid or None,
+            channel_name=env.channel or None,
+            callerid_num=env.callerid,
+            callerid_name=env.calleridname,
+            call_started_at=call_started_at or self.call.started_at,
+        )
 
     def pressed(self, step: str, digit: str) -> None:
         self.digits.append(DigitPress(step=step, digit=digit, offset_ms=self.call.offset_ms()))

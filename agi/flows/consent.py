@@ -22,7 +22,7 @@ from agi import channel_vars as cv
 from agi.call import Call
 from agi.config import Settings
 from agi.flows.base import CommitResult, DecisionStore, Dialogue, StorageUnavailable
-from agi.ledger import AttemptRecord, ConsentDecision
+from agi.ledger import AttemptRecord
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
@@ -221,25 +221,16 @@ class ConsentFlow:
         decision: str,
         linkedid: str | None,
     ) -> None:
-        env = call.env
-        decision_record = ConsentDecision(
+        decision_record = dialogue.decision(
+            step="decision",
             number_e164=number.e164,
             organisation=self.settings.organisation,
             purpose=purpose,
             decision=decision,
             method=method,
             evidence_strength=number.strength,
-            decided_at=datetime.now(UTC),
-            idempotency_key=f"{env.uniqueid or call.call_id}|{env.channel}|decision",
             instance=self.settings.instance,
-            digits=tuple(dialogue.digits),
-            prompts=tuple(dialogue.heard),
-            uniqueid=env.uniqueid or None,
-            linkedid=linkedid or None,
-            channel_name=env.channel or None,
-            callerid_num=env.callerid,
-            callerid_name=env.calleridname,
-            call_started_at=call.started_at,
+            linkedid=linkedid,
         )
         try:
             result: CommitResult = await self.store.commit_decision(decision_record)

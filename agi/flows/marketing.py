@@ -43,7 +43,7 @@ from agi.campaigns import Campaign, ContactFacts
 from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback
-from agi.ledger import AttemptRecord, ConsentDecision
+from agi.ledger import AttemptRecord
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
@@ -417,26 +417,17 @@ class MarketingFlow:
     async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
         ch = call.channel
-        env = call.env
         campaign = ctx.campaign
         assert campaign is not None and ctx.number is not None
-        decision = ConsentDecision(
+        decision = dialogue.decision(
+            step="marketing-reconfirm",
             number_e164=ctx.number,
             organisation=campaign.organisation,
             purpose=campaign.purpose,
             decision="opt_in",
             method="ivr_outbound_reconfirm",
             evidence_strength="caller_id",
-            decided_at=datetime.now(UTC),
-            idempotency_key=f"{env.uniqueid or call.call_id}|{env.channel}|marketing-reconfirm",
             instance=self.settings.instance,
-            channel="automated_call",
-            digits=tuple(dialogue.digits),
-            prompts=tuple(dialogue.heard),
-            uniqueid=env.uniqueid or None,
-            channel_name=env.channel or None,
-            callerid_num=env.callerid,
-            callerid_name=env.calleridname,
             call_started_at=ctx.call_started_at,
         )
         try:
@@ -452,26 +443,17 @@ class MarketingFlow:
     async def _opt_out(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Record the opt-out (durably), then confirm in one line and hang up."""
         ch = call.channel
-        env = call.env
         campaign = ctx.campaign
         assert campaign is not None and ctx.number is not None
-        decision = ConsentDecision(
+        decision = dialogue.decision(
+            step="marketing-opt-out",
             number_e164=ctx.number,
             organisation=campaign.organisation,
             purpose=campaign.purpose,
             decision="opt_out",
             method="ivr_outbound_opt_out",
             evidence_strength="caller_id",
-            decided_at=datetime.now(UTC),
-            idempotency_key=f"{env.uniqueid or call.call_id}|{env.channel}|marketing-opt-out",
             instance=self.settings.instance,
-            channel="automated_call",
-            digits=tuple(dialogue.digits),
-            prompts=tuple(dialogue.heard),
-            uniqueid=env.uniqueid or None,
-            channel_name=env.channel or None,
-            callerid_num=env.callerid,
-            callerid_name=env.calleridname,
             call_started_at=ctx.call_started_at,
         )
         try:
