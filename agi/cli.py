@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -35,19 +35,32 @@ class CommandError(Exception):
 # --------------------------------------------------------------------------- wiring
 
 
-def database_url(settings: Settings) -> str:
-    """``DATABASE_URL``, or the embedded PostgreSQL in ``data_dir`` (started if needed)."""
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """``DATABASE_URL``, or the embedded PostgreSQL in ``data_dir``.
+
+    The embedded server runs as long as the command that started it: a command that
+    finds it already running (``status`` while ``serve`` runs) uses it and leaves it be.
+    """
     if settings.database_url:
-        return settings.database_url
+        yield settings.database_url
+        return
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from agi.pgembed import EmbeddedPostgres, EmbeddedPostgresError
 
+    pg = EmbeddedPostgres(settings.data_dir / "postgres")
+    started_here = pg.running_port() is None
     try:
-        url = EmbeddedPostgres(settings.data_dir / "postgres").start()
+        url = pg.start()
     except EmbeddedPostgresError as exc:
         raise CommandError(f"could not start the embedded PostgreSQL: {exc}") from exc
-    log.info("embedded_postgres_running", data_dir=str(settings.data_dir / "postgres"))
-    return url
+    log.info("embedded_postgres_running", data_dir=str(pg.data_dir), started=started_here)
+    try:
+        yield url
+    finally:
+        if started_here:
+            with contextlib.suppress(EmbeddedPostgresError):
+                pg.stop()
 
 
 @contextlib.asynccontextmanager
@@ -56,22 +69,22 @@ async def open_pool(settings: Settings, *, migrate: bool = False) -> AsyncIterat
 
     from agi.ledger import apply_migrations, connect_pool
 
-    url = database_url(settings)
-    try:
-        pool = await connect_pool(
-            url, min_size=1, max_size=settings.db_pool_max, timeout=settings.db_timeout
-        )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise CommandError(f"cannot connect to the database: {exc}") from exc
-    try:
-        if migrate:
-            async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
-            if applied:
-                log.info("migrations_applied", migrations=applied)
-        yield pool
-    finally:
-        await pool.close()
+    with database_url(settings) as url:
+        try:
+            pool = await connect_pool(
+                url, min_size=1, max_size=settings.db_pool_max, timeout=settings.db_timeout
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise CommandError(f"cannot connect to the database: {exc}") from exc
+        try:
+            if migrate:
+                async with pool.acquire() as conn:
+                    applied = await apply_migrations(conn)
+                if applied:
+                    log.info("migrations_applied", migrations=applied)
+            yield pool
+        finally:
+            await pool.close()
 
 
 # --------------------------------------------------------------------------- commands
