@@ -8,6 +8,7 @@ stop and start PostgreSQL get a private embedded server (:func:`own_pg`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 
 from agi.config import Settings, repo_root
 from agi.ledger import Ledger, apply_migrations, connect_pool
@@ -35,6 +37,17 @@ TEMPLATE_DB = "consent_ivr_template"
 def _with_db(url: str, dbname: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``main()`` points logging at the test's captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,10 @@ setting that quietly disables a protection (NaN or infinite timeouts, an empty t
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,14 +86,3 @@ def test_cli_invalid_config_is_one_line_and_exit_2(
     assert main(["journal", "depth"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CONSENT_IVR_HEADER_TIMEOUT" in err
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points logging at the test's captured stderr; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
