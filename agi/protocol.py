@@ -48,6 +48,7 @@ value can never end a command or start another.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -305,6 +306,13 @@ def encode_command(verb: str, *args: str | int) -> bytes:
     >>> encode_command("WAIT FOR DIGIT", 5000)
     b'WAIT FOR DIGIT 5000\\n'
     """
+    return _encode_cached(verb, *args)
+
+
+# A call sends the same few commands as every other call (the same prompts, keys and
+# variables), so encodings are memoised; bounded, and typed so True never passes for 1.
+@functools.lru_cache(maxsize=1024, typed=True)
+def _encode_cached(verb: str, *args: str | int) -> bytes:
     if not _VERB.fullmatch(verb):
         raise CommandEncodingError(f"not an AGI verb: {verb!r}")
     if len(verb.split()) + len(args) > MAX_ARGS:
@@ -400,6 +408,13 @@ def parse_reply_line(line: str) -> Reply:
     raise ProtocolError(f"not an AGI reply: {line[:120]!r}")
 
 
+#: Replies repeat too (``200 result=1``, ``200 result=0 endpos=N`` per prompt); a
+#: :class:`Reply` is immutable, so short lines are parsed once. Long lines (variable
+#: values) are not kept: the cache stays small whatever the peer sends.
+_parse_short_reply = functools.lru_cache(maxsize=1024)(parse_reply_line)
+_SHORT_REPLY: Final = 64
+
+
 class ReplyParser:
     """Incremental reply parser: bytes in, :class:`Reply` / :class:`HangupNotice` out.
 
@@ -460,4 +475,6 @@ class ReplyParser:
             self._usage = []
             self._usage_head = line[4:]
             return None
+        if len(line) <= _SHORT_REPLY:
+            return _parse_short_reply(line)
         return parse_reply_line(line)
