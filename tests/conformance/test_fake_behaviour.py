@@ -293,8 +293,6 @@ def test_prompt_language_fallback(language: str, found_in: str) -> None:
 
 def test_repo_prompts_are_found_when_present() -> None:
     fake = FakeAsterisk()
-    if not fake._localized:
-        pytest.skip("sounds/ has no generated prompts in this checkout")
     assert any(name.startswith("consent-ivr/") for _, name in fake._localized)
 
 

@@ -23,7 +23,7 @@ async def test_evidence_page(
     pool: asyncpg.Pool, ledger: Ledger, db_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    evidence = pytest.importorskip("agi.evidence", reason="agi.evidence (issue 5) not committed")
+    from agi import evidence
     t0 = datetime.now(UTC) - timedelta(days=2)
     for i, decision in enumerate(("opt_in", "opt_out")):
         await ledger.record_decision(ConsentDecision(

@@ -469,8 +469,7 @@ def _flow_prompt_ids() -> set[str]:
 
 def test_every_prompt_a_flow_names_exists_in_every_language() -> None:
     ids = _flow_prompt_ids()
-    if not ids:
-        pytest.skip("no flows with prompts yet")
+    assert {"identify", "confirm-opt-in", "marketing-identify"} <= ids, "flow prompt scan broke"
     # The consent flow asks question-<purpose>; the dialplan asks for marketing-calls.
     ids.add("question-marketing-calls")
     index = prompt_index(ROOT)
@@ -671,7 +670,7 @@ def test_compose_service_wiring() -> None:
 
 
 def test_compose_consent_ivr_settings_are_real_settings() -> None:
-    config = pytest.importorskip("agi.config")
+    from agi import config
     fields = {f.upper() for f in config.Settings.__dataclass_fields__}
     services = _compose()["services"]
     for name in ("consent-ivr", "dialer"):
