@@ -50,7 +50,7 @@ async def _ready(url: str, sizes: dict[str, int]) -> bool:
         return False
     try:
         n = await conn.fetchval("SELECT count(*) FROM contact")
-        s = await conn.fetchval("SELECT count(*) FROM suppression")
+        s = await conn.fetchval("SELECT count(*) FROM suppression_entry")
         return bool(n == sizes["contacts"] and s >= sizes["suppression"] * 0.99)
     except Exception:
         return False
