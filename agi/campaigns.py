@@ -607,9 +607,14 @@ FROM f
 class CampaignStore:
     """Campaign, list, dial-attempt and playback SQL over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, timeout: float = 3.0, screen_timeout: float = 900.0
+    ) -> None:
         self.pool = pool
         self.timeout = timeout
+        # a dry run over a whole list is one long query (seconds for 495k numbers): the
+        # per-statement budget of the call path would kill it
+        self.screen_timeout = screen_timeout
 
     # ----------------------------------------------------------------- campaigns
 
@@ -933,7 +938,7 @@ class CampaignStore:
         rows = await self.pool.fetch(
             f"SELECT reason, count(*) AS n FROM ({self._screen_sql()}) s GROUP BY reason",  # noqa: S608
             *args,
-            timeout=None,
+            timeout=self.screen_timeout,
         )
         return {r["reason"]: int(r["n"]) for r in rows}
 
@@ -944,7 +949,8 @@ class CampaignStore:
         args = await self._screen_args(campaign, at, journal_opt_outs)
         async with self.pool.acquire() as conn, conn.transaction():
             async for r in conn.cursor(
-                self._screen_sql() + " ORDER BY number_e164", *args, prefetch=5000
+                self._screen_sql() + " ORDER BY number_e164", *args, prefetch=5000,
+                timeout=self.screen_timeout,
             ):
                 yield ScreenRow(r["number_e164"], r["state"], r["reason"], r["ev_id"])
 
