@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 __all__ = ["WITHHELD_TOKENS", "normalise", "presentation_restricted"]
@@ -13,6 +15,7 @@ WITHHELD_TOKENS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(raw: str | None, default_region: str) -> str | None:
     """E.164 form of ``raw`` (national numbers read in ``default_region``), or ``None``.
 
@@ -27,6 +30,9 @@ def normalise(raw: str | None, default_region: str) -> str | None:
     '+442079460018'
     >>> normalise("anonymous", "GB") is None
     True
+
+    Pure, and memoised (bounded LRU): a call parses its caller ID more than once (the
+    call bookkeeping, the flow, an attempt row), ~30 µs a parse.
     """
     if raw is None:
         return None
