@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["CallSessions", "LedgerStore", "is_data_error", "replay_journal"]
 
 log = structlog.get_logger("agi.store")
+
+#: a started call as :class:`CallSessions` queues it: call id, route, uniqueid, channel
+#: name, caller ID number and name (as Asterisk sent them), peer, started_at
+_Start = tuple[str, str, str, str, str, str, str, datetime]
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -193,39 +198,31 @@ class CallSessions:
         self.timeout = timeout
         self.interval = interval
         self.boot_id = boot_id or uuid.uuid4()
-        self._new: dict[str, dict[str, Any]] = {}  # started, not flushed yet
-        self._ended: dict[str, tuple[str, datetime]] = {}  # flushed, ended, not updated
-        self._flushed: set[str] = set()
+        #: calls started, not written yet: one tuple each (see :meth:`started`), in order
+        self._starts: deque[_Start] = deque()
+        #: calls ended, not written yet: call id → (outcome, ended_at)
+        self._ends: dict[str, tuple[str, datetime]] = {}
+        self._flushed: set[str] = set()  # written as in progress, end not written yet
         self._lock = asyncio.Lock()
 
     # -- hooks the server calls (synchronous, never raise)
+    #
+    # Both run on every call, so they only queue a tuple; rows, the caller ID's E.164
+    # form and the column arrays are built once per flush.
 
     def started(self, call: Call, peer: str) -> None:
-        from agi.numbers import normalise
-
         env = call.env
-        self._new[call.call_id] = {
-            "call_id": call.call_id, "route": call.route or "/", "uniqueid": env.uniqueid or None,
-            "channel_name": env.channel or None, "callerid_num": env.callerid or None,
-            "callerid_name": env.calleridname or None,
-            "number_e164": normalise(env.callerid, self.default_region), "peer": peer,
-            "started_at": call.started_at, "state": "in_progress", "outcome": None,
-            "ended_at": None,
-        }
-        if len(self._new) > self.MAX_QUEUED:
-            self._new.pop(next(iter(self._new)))
+        self._starts.append((call.call_id, call.route or "/", env.uniqueid, env.channel,
+                             env.callerid, env.calleridname, peer, call.started_at))
+        if len(self._starts) > self.MAX_QUEUED:
+            self._starts.popleft()
             log.warning("call_sessions_dropped", reason="queue_full")
 
     def finished(self, call: Call) -> None:
-        now = datetime.now(UTC)
-        row = self._new.get(call.call_id)
-        if row is not None:
-            row.update(state="finished", outcome=call.outcome, ended_at=now)
-        elif call.call_id in self._flushed:
-            self._flushed.discard(call.call_id)
-            self._ended[call.call_id] = (call.outcome, now)
-            if len(self._ended) > self.MAX_QUEUED:
-                self._ended.pop(next(iter(self._ended)))
+        ends = self._ends
+        ends[call.call_id] = (call.outcome, datetime.now(UTC))
+        if len(ends) > self.MAX_QUEUED:
+            ends.pop(next(iter(ends)))
 
     # -- background work
 
@@ -238,33 +235,70 @@ class CallSessions:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write queued starts and ends; on failure keep them for the next pass."""
+        """Write queued starts and ends; on failure keep them for the next pass.
+
+        A call started and ended since the last flush is one row, inserted finished;
+        an end of a call already written is an UPDATE; an end of a call whose start was
+        dropped (queue full) is dropped too.
+        """
         async with self._lock:
-            new, ended = self._new, self._ended
-            if not new and not ended:
+            starts, ends = self._starts, self._ends
+            if not starts and not ends:
                 return
-            self._new, self._ended = {}, {}
+            self._starts, self._ends = deque(), {}
+            new = {st[0]: st for st in starts}  # a repeated call id: the newest start wins
+            ended = {k: end for k, end in ends.items() if k not in new and k in self._flushed}
             try:
                 async with self.pool.acquire(timeout=self.timeout) as conn:
-                    await self._write(conn, list(new.values()), ended)
+                    await self._write(conn, list(new.values()), ends, ended)
             except Exception as exc:  # noqa: BLE001 - bookkeeping must never break a call
                 log.warning("call_sessions_unsaved", error=str(exc)[:200] or type(exc).__name__,
                             pending=len(new) + len(ended))
-                # put back (a call may have ended meanwhile: merge, the newer wins)
-                for key, row in new.items():
-                    self._new.setdefault(key, row)
-                for key, end in ended.items():
-                    self._ended.setdefault(key, end)
+                # put back, oldest first (a call may have ended meanwhile: the newer wins)
+                starts.extend(self._starts)
+                while len(starts) > self.MAX_QUEUED:
+                    starts.popleft()
+                self._starts = starts
+                for key, end in ends.items():
+                    self._ends.setdefault(key, end)
                 return
-            self._flushed.update(k for k, r in new.items() if r["state"] == "in_progress")
+            self._flushed.difference_update(ended)
+            self._flushed.update(k for k in new if k not in ends)
 
-    async def _write(self, conn: asyncpg.Connection, rows: list[dict[str, Any]],
+    async def _write(self, conn: asyncpg.Connection, starts: list[_Start],
+                     ends: Mapping[str, tuple[str, datetime]],
                      ended: Mapping[str, tuple[str, datetime]]) -> None:
+        """Insert ``starts`` (finished already when in ``ends``); update ``ended``."""
+        from agi.numbers import normalise
+
+        region = self.default_region
+        cut: list[str] = []
         async with conn.transaction():
-            if rows:
-                cols = ("call_id", "route", "state", "outcome", "uniqueid", "channel_name",
-                        "callerid_num", "callerid_name", "number_e164", "peer", "started_at",
-                        "ended_at")
+            if starts:
+                cols: tuple[list[Any], ...] = tuple([] for _ in range(12))
+                (call_ids, routes, states, outcomes, uniqueids, channels, caller_nums,
+                 caller_names, e164s, peers, started_ats, ended_ats) = cols
+                for call_id, route, uniqueid, channel, callerid, callername, peer, at in starts:
+                    end = ends.get(call_id)
+                    call_ids.append(call_id)
+                    routes.append(route)
+                    if end is None:
+                        states.append("in_progress")
+                        outcomes.append(None)
+                        ended_ats.append(None)
+                    else:
+                        states.append("finished")
+                        outcomes.append(end[0])
+                        ended_ats.append(end[1])
+                        if end[0] == "cut_short":
+                            cut.append(call_id)
+                    uniqueids.append(uniqueid or None)
+                    channels.append(channel or None)
+                    caller_nums.append(callerid or None)
+                    caller_names.append(callername or None)
+                    e164s.append(normalise(callerid, region))
+                    peers.append(peer)
+                    started_ats.append(at)
                 await conn.execute(
                     """INSERT INTO call_session (instance, boot_id, call_id, route, state,
                            outcome, uniqueid, channel_name, callerid_num, callerid_name,
@@ -273,7 +307,7 @@ class CallSessions:
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                            $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
                        ON CONFLICT (instance, boot_id, call_id) DO NOTHING""",
-                    self.instance, self.boot_id, *([r[c] for r in rows] for c in cols),
+                    self.instance, self.boot_id, *cols,
                     timeout=self.timeout,
                 )
             if ended:
@@ -287,7 +321,6 @@ class CallSessions:
                     [o for o, _ in ended.values()], [t for _, t in ended.values()],
                     timeout=self.timeout,
                 )
-            cut = [r["call_id"] for r in rows if r["outcome"] == "cut_short"]
             cut += [k for k, (o, _) in ended.items() if o == "cut_short"]
             if cut:
                 ids = await conn.fetch(
