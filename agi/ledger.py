@@ -268,12 +268,16 @@ class ConsentStatus:
         }
 
 
+# Per decision and attempt, so the dicts are spelled out: dataclasses.asdict deep-copies
+# field by field (~4 µs a prompt). Same keys, same order (the fields'), same JSON.
 def _prompts_json(prompts: Sequence[PromptHeard]) -> str:
-    return json.dumps([asdict(p) for p in prompts], ensure_ascii=False)
+    return json.dumps([{"id": p.id, "lang": p.lang, "sha256": p.sha256, "text": p.text,
+                        "interrupted": p.interrupted} for p in prompts], ensure_ascii=False)
 
 
 def _digits_json(digits: Sequence[DigitPress]) -> str:
-    return json.dumps([asdict(d) for d in digits])
+    return json.dumps([{"step": d.step, "digit": d.digit, "offset_ms": d.offset_ms}
+                       for d in digits])
 
 
 _EVENT_COLUMNS = """id, recorded_at, decided_at, number_e164, organisation, purpose, channel,
