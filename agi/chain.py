@@ -36,6 +36,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
+import structlog
+
+log = structlog.get_logger("agi.chain")
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -46,6 +49,7 @@ __all__ = [
     "ChainReport",
     "canonical",
     "event_hash",
+    "export_chain_status",
     "jsonb_text",
     "verify_chain",
 ]
@@ -300,3 +304,19 @@ def _check(row: Mapping[str, Any], expected_prev: bytes) -> ChainBreak | None:
             found=bytes(row["hash"]).hex(),
         )
     return None
+
+
+async def export_chain_status(pool: asyncpg.Pool, metrics: Any) -> ChainReport:
+    """Walk the chain once and publish the verdict as ``consent_ivr_ledger_chain_ok``.
+
+    ``serve`` runs this every ``CONSENT_IVR_CHAIN_VERIFY_INTERVAL`` seconds, so a ledger
+    edited behind the application's back raises an alert without anyone running
+    ``verify-ledger`` by hand.
+    """
+    report = await verify_chain(pool)
+    metrics.chain_ok.set(1 if report.ok else 0)
+    metrics.chain_events.set(report.checked)
+    if not report.ok:
+        log.error("ledger_chain_broken", first_break=report.to_json().get("first_break"),
+                  checked=report.checked)
+    return report

@@ -141,6 +141,9 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         readiness = Readiness(pool, journal, timeout=settings.db_timeout, metrics=metrics)
         exporter = await start_exporter(settings.metrics_addr, metrics, readiness)
         replayer = asyncio.create_task(_replay_forever(ledger, journal, stop))
+        verifier = asyncio.create_task(
+            _verify_chain_forever(pool, metrics, stop, settings.chain_verify_interval)
+        )
         sessions_stop = asyncio.Event()  # set only after the drain: cut calls get filed
         bookkeeper = asyncio.create_task(sessions.run(sessions_stop))
         print(
@@ -151,9 +154,10 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         await server.serve_until(stop)
         sessions_stop.set()
         await bookkeeper
-        replayer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replayer
+        for task in (replayer, verifier):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if exporter is not None:
             await exporter.close()
     return 0
@@ -175,6 +179,23 @@ async def _replay_forever(ledger: Any, journal: Any, stop: asyncio.Event) -> Non
             log.exception("journal_replay_failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
+
+
+async def _verify_chain_forever(
+    pool: Any, metrics: Any, stop: asyncio.Event, interval: float
+) -> None:
+    """Walk the ledger's hash chain now and every ``interval`` seconds (0: never)."""
+    from agi.chain import export_chain_status
+
+    if interval <= 0:
+        return
+    while not stop.is_set():
+        try:
+            await export_chain_status(pool, metrics)
+        except Exception:  # a walk that cannot finish says nothing about the chain
+            log.exception("ledger_chain_walk_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -70,6 +70,8 @@ class Settings:
     # durability / observability
     journal_dir: Path = Path("var/journal")
     metrics_addr: str | None = "127.0.0.1:9464"
+    #: seconds between hash-chain walks by ``serve`` (0 disables)
+    chain_verify_interval: float = 3600.0
     instance: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"
     log_level: str = "info"
@@ -146,6 +148,9 @@ class Settings:
             if not 0 < getattr(self, name) < 86400:
                 raise ConfigError(f"CONSENT_IVR_{name.upper()}: must be positive seconds "
                                   "(under a day)")
+        if not 0 <= self.chain_verify_interval < 10 * 86400:
+            raise ConfigError("CONSENT_IVR_CHAIN_VERIFY_INTERVAL: seconds between hash-chain "
+                              "walks, 0 to disable (under ten days)")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(
                 f"CONSENT_IVR_DEFAULT_REGION: {self.default_region!r} is not an ISO 3166 region "

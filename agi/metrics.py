@@ -165,6 +165,21 @@ class Metrics:
         self.journal_depth = Gauge(
             "consent_ivr_journal_depth", "Journal entries awaiting replay into the ledger",
             registry=r)
+        self.journal_rejected = Counter(
+            "consent_ivr_journal_rejected",
+            "Journal entries the ledger refused as data, set aside in rejected.jsonl", registry=r)
+        self.calls_interrupted = Counter(
+            "consent_ivr_calls_interrupted",
+            "Calls found cut by a crash of an earlier boot, filed as interrupted attempts",
+            registry=r)
+        self.chain_ok = Gauge(
+            "consent_ivr_ledger_chain_ok",
+            "1 when the last hash-chain walk found no broken link, 0 when it did, "
+            "-1 before the first walk", registry=r)
+        self.chain_ok.set(-1)
+        self.chain_events = Gauge(
+            "consent_ivr_ledger_chain_verified_events",
+            "Consent events the last hash-chain walk verified", registry=r)
         self.ready = Gauge(
             "consent_ivr_ready", "1 when the last readiness check passed", registry=r)
         self.db_up = Gauge(

@@ -167,6 +167,9 @@ async def _replay_one(ledger: Ledger, entry: JournalEntry) -> bool | None:
 async def _reject(journal: Journal, entry: JournalEntry, reason: str) -> None:
     log.error("journal_entry_rejected", file=entry.file.name, lineno=entry.lineno,
               reason=reason[:300])
+    from agi.metrics import current
+
+    current().journal_rejected.inc()
     await asyncio.to_thread(journal.reject, entry, reason)
 
 
@@ -373,6 +376,9 @@ class CallSessions:
         counts = {"interrupted": marked, "attempts_filed": filed}
         if marked:
             log.warning("calls_interrupted_found", **counts)
+            from agi.metrics import current
+
+            current().calls_interrupted.inc(marked)
         return counts
 
 
