@@ -147,3 +147,49 @@ async def test_many_calls_cost_two_statements(pool: Any, n: int) -> None:
     await s.flush()
     assert await pool.fetchval(
         "SELECT count(*) FROM call_session WHERE state = 'finished'") == n
+
+
+async def test_an_end_that_arrives_mid_flush_is_not_lost(pool: Any) -> None:
+    """A call ending while a flush is on the wire must be written as finished next time."""
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    class SlowPool:
+        """The real pool, but the first acquire waits until the test lets it go."""
+
+        def __init__(self) -> None:
+            self.held = False
+
+        def acquire(self, timeout: float | None = None) -> Any:
+            outer = self
+
+            class _Ctx:
+                async def __aenter__(self) -> Any:
+                    if not outer.held:
+                        outer.held = True
+                        entered.set()
+                        await gate.wait()
+                    self._cm = pool.acquire(timeout=timeout)
+                    return await self._cm.__aenter__()
+
+                async def __aexit__(self, *exc: Any) -> Any:
+                    return await self._cm.__aexit__(*exc)
+
+            return _Ctx()
+
+    s = CallSessions(SlowPool(), instance="i7")  # type: ignore[arg-type]
+    calls = [FakeCall(f"7.{i}") for i in range(3)]
+    for c in calls:
+        s.started(c, "127.0.0.1:7")
+    first = asyncio.create_task(s.flush())
+    await entered.wait()  # the flush holds the starts and is waiting for a connection
+    for c in calls:
+        c.outcome = "opted_out"
+        s.finished(c)  # ends arrive while that flush is in flight
+    gate.set()
+    await first
+    await s.flush()
+    got = await rows(pool, "SELECT call_id, state, outcome FROM call_session "
+                           "WHERE instance = 'i7' ORDER BY call_id")
+    assert got == [{"call_id": f"7.{i}", "state": "finished", "outcome": "opted_out"}
+                   for i in range(3)]
