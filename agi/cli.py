@@ -170,7 +170,8 @@ async def _replay_forever(ledger: Any, journal: Any, stop: asyncio.Event) -> Non
 
     while not stop.is_set():
         try:
-            if journal.depth():
+            # off the event loop: during an outage the journal grows while calls run
+            if await asyncio.to_thread(journal.depth):
                 counts = await replay_journal(ledger, journal)
                 log.info("journal_replayed", **counts)
         except LedgerUnavailable:
