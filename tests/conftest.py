@@ -8,6 +8,7 @@ stop and start PostgreSQL get a private embedded server (:func:`own_pg`).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ import structlog
 
 from agi.config import Settings, repo_root
 from agi.ledger import Ledger, apply_migrations, connect_pool
+from agi.logconfig import configure_logging
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -48,6 +50,17 @@ def _restore_logging() -> Iterator[None]:
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The production log pipeline (JSON, masking, escaping) into a buffer.
+
+    ``_restore_logging`` puts the previous configuration back afterwards.
+    """
+    buf = io.StringIO()
+    configure_logging("json", "info", stream=buf)
+    yield buf
 
 
 @pytest.fixture(scope="session")

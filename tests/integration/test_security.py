@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import resource
 import socket
 import time
@@ -19,11 +18,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from agi.config import Settings
-from agi.logconfig import configure_logging
 from agi.server import AGIServer
 from tests.fakes import SILENCE, CallRecord, FakeAsterisk
 from tests.harness import consent_stack, running_server
@@ -270,19 +267,6 @@ INJECTIONS = [
     "\x1b[31mred\x1b[0m \x7f \t%0A%0D",
     "$(reboot) `id` ${HANGUP}",
 ]
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """The production log pipeline (JSON, masking, escaping) into a buffer."""
-    buf = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("json", "info", stream=buf)
-    yield buf
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 async def test_hostile_caller_text_goes_nowhere(

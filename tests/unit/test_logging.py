@@ -10,26 +10,13 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agi.logconfig import configure_logging, mask_number, mask_numbers
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("json", "info", stream=buf)
-    yield buf
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+from agi.logconfig import mask_number, mask_numbers
 
 
 @pytest.mark.parametrize(("raw", "masked"), [
