@@ -78,6 +78,14 @@ def journal_opt_outs(journal_dir: Path, organisation: str | None = None) -> froz
         raise JournalUnreadable(f"journal {journal_dir} unreadable: {exc}") from exc
 
 
+def _profile(campaign: Campaign) -> policy.Profile | policy.Decision:
+    """The campaign's profile, or the fail-closed refusal when it names none we know."""
+    try:
+        return campaign.policy_profile
+    except policy.UnknownProfileError as exc:
+        return policy.Decision(False, policy.ERROR, policy.FAIL_CLOSED_RULE, str(exc))
+
+
 def decide_dial(
     campaign: Campaign,
     facts: ContactFacts,
@@ -87,10 +95,9 @@ def decide_dial(
     journal_numbers: Iterable[str] = (),
 ) -> policy.Decision:
     """The dialer's decision for one claimed contact (never raises; fails closed)."""
-    try:
-        profile = campaign.policy_profile
-    except policy.UnknownProfileError as exc:
-        return policy.Decision(False, policy.ERROR, policy.FAIL_CLOSED_RULE, str(exc))
+    profile = _profile(campaign)
+    if isinstance(profile, policy.Decision):
+        return profile
     decision = policy.gate(
         profile,
         number_e164=facts.number_e164,
@@ -118,10 +125,9 @@ def decide_playback(
     journal_numbers: Iterable[str] = (),
 ) -> policy.Decision:
     """The in-call re-check right before marketing audio (never raises; fails closed)."""
-    try:
-        profile = campaign.policy_profile
-    except policy.UnknownProfileError as exc:
-        return policy.Decision(False, policy.ERROR, policy.FAIL_CLOSED_RULE, str(exc))
+    profile = _profile(campaign)
+    if isinstance(profile, policy.Decision):
+        return profile
     decision = policy.gate_playback(
         profile,
         number_e164=facts.number_e164,

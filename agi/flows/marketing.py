@@ -43,7 +43,7 @@ from agi.campaigns import Campaign, ContactFacts
 from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback
-from agi.ledger import AttemptRecord
+from agi.ledger import AttemptRecord, ConsentDecision
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
@@ -414,21 +414,32 @@ class MarketingFlow:
         await self._attempt_result(ctx, cv.RESULT_REFUSED)
         await ch.hangup()
 
-    async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
-        """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
-        ch = call.channel
+    def _decision(
+        self, dialogue: Dialogue, ctx: _Context, step: str, decision: str, method: str
+    ) -> ConsentDecision:
+        """The callee's decision on this call, about this campaign's organisation and purpose.
+
+        The number is the one dialled (from the attempt), so its evidence is ``caller_id``.
+        """
         campaign = ctx.campaign
         assert campaign is not None and ctx.number is not None
-        decision = dialogue.decision(
-            step="marketing-reconfirm",
+        return dialogue.decision(
+            step=step,
             number_e164=ctx.number,
             organisation=campaign.organisation,
             purpose=campaign.purpose,
-            decision="opt_in",
-            method="ivr_outbound_reconfirm",
+            decision=decision,
+            method=method,
             evidence_strength="caller_id",
             instance=self.settings.instance,
             call_started_at=ctx.call_started_at,
+        )
+
+    async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
+        """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
+        ch = call.channel
+        decision = self._decision(
+            dialogue, ctx, "marketing-reconfirm", "opt_in", "ivr_outbound_reconfirm"
         )
         try:
             result = await self.store.commit_decision(decision)
@@ -443,18 +454,8 @@ class MarketingFlow:
     async def _opt_out(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Record the opt-out (durably), then confirm in one line and hang up."""
         ch = call.channel
-        campaign = ctx.campaign
-        assert campaign is not None and ctx.number is not None
-        decision = dialogue.decision(
-            step="marketing-opt-out",
-            number_e164=ctx.number,
-            organisation=campaign.organisation,
-            purpose=campaign.purpose,
-            decision="opt_out",
-            method="ivr_outbound_opt_out",
-            evidence_strength="caller_id",
-            instance=self.settings.instance,
-            call_started_at=ctx.call_started_at,
+        decision = self._decision(
+            dialogue, ctx, "marketing-opt-out", "opt_out", "ivr_outbound_opt_out"
         )
         try:
             result = await self.store.commit_decision(decision)
