@@ -197,7 +197,16 @@ async def test_database_stopped_during_a_burst_loses_no_decision(
     assert not missing, (missing, counts, sorted(journaled),
                          (settings.journal_dir / "rejected.jsonl").exists())
     assert set(stored) == set(confirmed)  # every decision a caller heard confirmed, no other
-    assert {k for k, s in stored.items() if s == "journal"} == journaled
+    # A write cut by the shutdown ("connection closed in the middle of operation") may have
+    # committed after all: the decision was journaled too, and the replay found it already
+    # stored (a duplicate, not a second row). Every other journaled decision came from the
+    # journal, and nothing came from the journal that was not journaled.
+    from_journal = {k for k, s in stored.items() if s == "journal"}
+    committed_before_cut = journaled - from_journal
+    assert from_journal <= journaled
+    assert all(stored[k] == "live" for k in committed_before_cut)
+    assert len(committed_before_cut) <= counts["duplicates"]
+    assert len(committed_before_cut) <= 3  # only writes in flight at the moment of the stop
     assert await pool.fetchval("SELECT count(*) FROM consent_event") == (
         baseline_events + len(confirmed))
     assert counts["replayed"] + counts["duplicates"] == len(journaled) + journaled_attempts
