@@ -10,6 +10,7 @@ completes or a server at capacity never reaches a flow.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import time
@@ -21,13 +22,29 @@ import structlog
 
 from agi import channel_vars as cv
 from agi.call import Call, RouteHandler
-from agi.channel import Channel
+from agi.channel import AGIStream, Channel
 from agi.config import Settings
-from agi.protocol import AGIEnv, AGIError, AGIHangup, HeaderError, HeaderParser, ReplyParser
+from agi.protocol import AGIEnv, AGIError, AGIHangup, HeaderError
 
 __all__ = ["AGIServer"]
 
 log = structlog.get_logger("agi.server")
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(networks: tuple[Any, ...], host: str) -> bool:
+    """Is ``host`` in one of ``networks``? Memoised: a PBX connects from a few addresses."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class AGIServer:
@@ -58,8 +75,9 @@ class AGIServer:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AGIStream(self._connected),
             self.settings.host,
             self.settings.port,
             backlog=self.settings.backlog,
@@ -111,12 +129,9 @@ class AGIServer:
 
     def _peer_allowed(self, peer: Any) -> bool:
         try:
-            addr = ipaddress.ip_address(peer[0])
-        except (TypeError, ValueError, IndexError):
+            return _allowed(self._networks, str(peer[0]))
+        except (TypeError, IndexError):
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self._networks)
 
     def _token_ok(self, env: AGIEnv) -> bool:
         expected = self.settings.agi_token
@@ -125,57 +140,48 @@ class AGIServer:
         given = env.params.get("token", "")
         return hmac.compare_digest(given.encode(), expected.encode())
 
-    async def _read_header(self, reader: asyncio.StreamReader) -> tuple[AGIEnv, bytes]:
-        parser = HeaderParser()
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                raise HeaderError("connection closed before the environment block ended")
-            env = parser.feed(data)
-            if env is not None:
-                return env, parser.remainder
+    def _connected(self, stream: AGIStream) -> None:
+        """A new connection (called from ``connection_made``): refuse it or start its task.
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        peer = writer.get_extra_info("peername")
-        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        Refusals cost no task: a forged peer, a draining server or one at capacity is
+        closed right here, before any byte is read.
+        """
+        peer = stream.peer
         if self._stopping.is_set():
-            writer.close()
+            stream.close()
             return
         if not self._peer_allowed(peer):
-            self.refused_total += 1
-            log.warning("agi_connection_refused", peer=peer_text, reason="peer_not_allowed")
-            self._count("refused", "peer_not_allowed")
-            writer.close()
+            self._refuse(stream, "peer_not_allowed")
             return
         if self._active_calls >= self.settings.max_calls:
-            self.refused_total += 1
-            log.warning("agi_connection_refused", peer=peer_text, reason="at_capacity")
-            self._count("refused", "at_capacity")
-            writer.close()
+            self._refuse(stream, "at_capacity")
             return
         self._active_calls += 1
+        task = asyncio.get_running_loop().create_task(self._accept(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, stream: AGIStream, reason: str) -> None:
+        self.refused_total += 1
+        log.warning("agi_connection_refused", peer=_peer_text(stream.peer), reason=reason)
+        self._count("refused", reason)
+        stream.close()
+
+    async def _accept(self, stream: AGIStream) -> None:
         try:
-            await self._session(reader, writer, peer_text)
+            await self._session(stream, _peer_text(stream.peer))
         finally:
             self._active_calls -= 1
-            writer.close()
+            stream.close()
 
     def _count(self, what: str, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.connection(what, reason)
 
-    async def _session(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
+    async def _session(self, stream: AGIStream, peer: str) -> None:
         started = time.monotonic()
         try:
-            env, pending = await asyncio.wait_for(
-                self._read_header(reader), self.settings.header_timeout
-            )
+            env = await stream.read_env(self.settings.header_timeout)
         except (TimeoutError, HeaderError, ConnectionError, OSError) as exc:
             self.refused_total += 1
             reason = "header_timeout" if isinstance(exc, TimeoutError) else "bad_header"
@@ -197,10 +203,7 @@ class AGIServer:
         )
         channel = Channel(
             env,
-            reader,
-            writer,
-            parser=ReplyParser(),
-            pending=pending,
+            stream,
             command_timeout=self.settings.command_timeout,
             on_command=self.metrics.agi_command if self.metrics is not None else None,
         )

@@ -1,6 +1,6 @@
 """agi.channel.Channel against the FakeAsterisk (and a few raw peers) over real TCP.
 
-A tiny asyncio server accepts one connection, parses the env block with HeaderParser and
+A tiny asyncio server accepts one connection on an AGIStream, reads the env block and
 builds a Channel exactly as the real server does. Every assertion is made here, outside the
 server, on what the channel returned and on what the fake recorded.
 """
@@ -13,44 +13,34 @@ from typing import Any
 
 import pytest
 
-from agi.channel import Channel, GetDataResult, PlaybackResult, ReplyTimeout
+from agi.channel import AGIStream, Channel, GetDataResult, PlaybackResult, ReplyTimeout
 from agi.protocol import (
     AGIAppError,
     AGIDeadChannel,
     AGIHangup,
     AGIInvalidCommand,
     AGIUsageError,
-    HeaderParser,
-    ReplyParser,
 )
 from tests.fakes import HANGUP, SILENCE, USAGE, CallRecord, FakeAsterisk
 
 Scenario = Callable[[Channel], Awaitable[Any]]
 
 
-async def _accept_one(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, **channel_kwargs: Any
-) -> Channel:
-    header = HeaderParser()
-    env = None
-    while env is None:
-        data = await asyncio.wait_for(reader.read(4096), 5.0)
-        assert data, "peer closed during the env block"
-        env = header.feed(data)
-    return Channel(
-        env, reader, writer, parser=ReplyParser(), pending=header.remainder, **channel_kwargs
-    )
+async def _accept_one(stream: AGIStream, **channel_kwargs: Any) -> Channel:
+    env = await stream.read_env(5.0)
+    return Channel(env, stream, **channel_kwargs)
 
 
 async def run_call(
     scenario: Scenario, channel_kwargs: dict | None = None, **fake_kwargs: Any
 ) -> tuple[Any, CallRecord, Channel]:
     """Run ``scenario(channel)`` against a FakeAsterisk; return (result or exception, record)."""
-    outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future = loop.create_future()
     channels: list[Channel] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = await _accept_one(reader, writer, **(channel_kwargs or {}))
+    async def handle(stream: AGIStream) -> None:
+        channel = await _accept_one(stream, **(channel_kwargs or {}))
         channels.append(channel)
         try:
             outcome.set_result(await scenario(channel))
@@ -60,7 +50,12 @@ async def run_call(
             channel.close()
             await channel.wait_closed()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    tasks: set[asyncio.Task] = set()
+
+    def connected(stream: AGIStream) -> None:  # as the server does, from connection_made
+        tasks.add(loop.create_task(handle(stream)))
+
+    server = await loop.create_server(lambda: AGIStream(connected), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     fake_kwargs.setdefault("sounds_dir", None)
     async with server:
@@ -344,11 +339,12 @@ async def _raw_peer(
     scenario: Scenario,
     **channel_kwargs: Any,
 ) -> tuple[Any, Channel]:
-    outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future = loop.create_future()
     channels: list[Channel] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ch = await _accept_one(reader, writer, **channel_kwargs)
+    async def handle(stream: AGIStream) -> None:
+        ch = await _accept_one(stream, **channel_kwargs)
         channels.append(ch)
         try:
             outcome.set_result(await scenario(ch))
@@ -357,7 +353,9 @@ async def _raw_peer(
         finally:
             ch.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    tasks: set[asyncio.Task] = set()
+    server = await loop.create_server(
+        lambda: AGIStream(lambda s: tasks.add(loop.create_task(handle(s)))), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
