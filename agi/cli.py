@@ -412,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     try:
-        code: int = asyncio.run(args.handler(settings, args))
+        with asyncio.Runner(loop_factory=settings.loop_factory()) as runner:
+            code: int = runner.run(args.handler(settings, args))
         return code
     except (CommandError, ConfigError) as exc:
         print(f"consent-ivr: {exc}", file=sys.stderr)

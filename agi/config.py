@@ -7,10 +7,11 @@ stderr and exit code 2.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class Settings:
     instance: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"
     log_level: str = "info"
+    #: asyncio event loop: ``uvloop`` where installed (the default dependency on Linux
+    #: and macOS), else the standard one; ``asyncio`` forces the standard loop
+    event_loop: str = "auto"
     # AMI (dialer)
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
@@ -175,6 +179,8 @@ class Settings:
                 ) from None
         if self.log_format not in {"auto", "json", "console"}:
             raise ConfigError("CONSENT_IVR_LOG_FORMAT: must be auto, json or console")
+        if self.event_loop not in {"auto", "uvloop", "asyncio"}:
+            raise ConfigError("CONSENT_IVR_EVENT_LOOP: must be auto, uvloop or asyncio")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError("CONSENT_IVR_LOG_LEVEL: must be debug, info, warning or error")
         if not self.organisation.strip():
@@ -185,6 +191,20 @@ class Settings:
             ("postgres://", "postgresql://")
         ):
             raise ConfigError("DATABASE_URL: must be a postgresql:// URL")
+
+    def loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """The event loop to run on (``None``: asyncio's own); see :attr:`event_loop`."""
+        if self.event_loop == "asyncio":
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            if self.event_loop == "uvloop":
+                raise ConfigError("CONSENT_IVR_EVENT_LOOP=uvloop, but uvloop is not installed "
+                                  "(pip install uvloop)") from None
+            return None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
 
     @property
     def allow_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
