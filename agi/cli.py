@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from agi.config import ConfigError, Settings
-from agi.logconfig import configure_logging
+from agi.logconfig import configure_logging, flush_logs
 
 __all__ = ["CommandError", "main"]
 
@@ -420,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        flush_logs()
 
 
 if __name__ == "__main__":  # pragma: no cover

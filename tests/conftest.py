@@ -27,7 +27,7 @@ import structlog
 
 from agi.config import Settings, repo_root
 from agi.ledger import Ledger, apply_migrations, connect_pool
-from agi.logconfig import configure_logging
+from agi.logconfig import configure_logging, flush_logs
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -58,9 +58,18 @@ def json_log() -> Iterator[io.StringIO]:
 
     ``_restore_logging`` puts the previous configuration back afterwards.
     """
-    buf = io.StringIO()
+    buf = _LogBuffer()
     configure_logging("json", "info", stream=buf)
     yield buf
+
+
+class _LogBuffer(io.StringIO):
+    """A log buffer that holds every line logged so far when read (lines are written a
+    loop turn at a time: agi.logconfig._LineHandler)."""
+
+    def getvalue(self) -> str:
+        flush_logs()
+        return super().getvalue()
 
 
 @pytest.fixture(scope="session")
