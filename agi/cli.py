@@ -67,7 +67,8 @@ def database_url(settings: Settings) -> Iterator[str]:
 async def open_pool(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Any]:
     import asyncpg
 
-    from agi.ledger import apply_migrations, connect_pool
+    from agi.ledger import connect_pool
+    from agi.ledger import migrate as migrate_db
 
     with database_url(settings) as url:
         try:
@@ -78,8 +79,7 @@ async def open_pool(settings: Settings, *, migrate: bool = False) -> AsyncIterat
             raise CommandError(f"cannot connect to the database: {exc}") from exc
         try:
             if migrate:
-                async with pool.acquire() as conn:
-                    applied = await apply_migrations(conn)
+                applied = await migrate_db(url, timeout=settings.db_timeout)
                 if applied:
                     log.info("migrations_applied", migrations=applied)
             yield pool
@@ -200,10 +200,15 @@ async def _verify_chain_forever(
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from agi.ledger import apply_migrations
+    import asyncpg
 
-    async with open_pool(settings) as pool, pool.acquire() as conn:
-        applied = await apply_migrations(conn)
+    from agi.ledger import migrate
+
+    with database_url(settings) as url:
+        try:
+            applied = await migrate(url, timeout=settings.db_timeout)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise CommandError(f"cannot connect to the database: {exc}") from exc
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
 
