@@ -52,6 +52,36 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
+    if os.environ.get("CONSENT_IVR_EVENT_LOOP") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factories["uvloop"] = uvloop.new_event_loop
+    factories["asyncio"] = asyncio.new_event_loop
+    return factories
+
+
+#: the modules whose tests run on both loops: the socket layer and the calls over it
+_BOTH_LOOPS = ("test_channel.py", "conformance", "test_consent_flow.py", "test_security.py")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the loop production runs on: uvloop where installed (see
+    ``Settings.loop_factory``); the socket-level ones on asyncio's own loop as well, the
+    fallback. ``CONSENT_IVR_EVENT_LOOP=asyncio`` runs everything on asyncio's."""
+    factories = _loop_factories()
+    if any(part in str(item.path) for part in _BOTH_LOOPS):
+        return factories
+    first = next(iter(factories))
+    return {first: factories[first]}
+
+
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """The production log pipeline (JSON, masking, escaping) into a buffer.
