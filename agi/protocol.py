@@ -186,7 +186,14 @@ class AGIEnv:
         return self.get("language", "en") or "en"
 
 
-_ENV_LINE = re.compile(r"agi_([A-Za-z0-9_]+): ?(.*)")
+_ENV_LINE = re.compile(r"agi_([A-Za-z0-9_]+): ?(.*)")  # the grammar parse_env_lines applies
+_ENV_KEY = re.compile(r"agi_[A-Za-z0-9_]+")
+
+
+@functools.lru_cache(maxsize=256)
+def _env_key_ok(key: str) -> bool:
+    """``agi_`` and at least one of A-Z a-z 0-9 _ (memoised: the same ~25 keys a call)."""
+    return _ENV_KEY.fullmatch(key) is not None
 
 
 def parse_env_lines(lines: Iterable[str]) -> AGIEnv:
@@ -201,10 +208,14 @@ def parse_env_lines(lines: Iterable[str]) -> AGIEnv:
     values: dict[str, str] = {}
     numbered: dict[int, str] = {}
     for line in lines:
-        match = _ENV_LINE.fullmatch(line)
-        if match is None:
+        # what _ENV_LINE matches, without a regex per line (a block is ~25 lines, one
+        # per call): "agi_" KEY ":" [" "] VALUE, KEY of ASCII letters, digits and "_"
+        key, colon, value = line.partition(":")
+        if not (colon and key.startswith("agi_") and _env_key_ok(key)):
             raise HeaderError(f"not an agi_* line: {line[:80]!r}")
-        key, value = match.group(1), match.group(2)
+        key = key[4:]
+        if value.startswith(" "):
+            value = value[1:]
         if key.startswith("arg_") and key[4:].isdigit():
             numbered[int(key[4:])] = value
         values[key] = value

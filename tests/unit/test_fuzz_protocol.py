@@ -14,14 +14,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agi.protocol import (
+    _ENV_LINE,
     MAX_COMMAND_BYTES,
     CommandEncodingError,
     HangupNotice,
+    HeaderError,
     HeaderParser,
     ProtocolError,
     Reply,
     ReplyParser,
     encode_command,
+    parse_env_lines,
 )
 from tests.fakes import parse_args
 
@@ -225,3 +228,28 @@ def test_header_parser_search_resumes_where_it_stopped() -> None:
     assert len(searched_from) >= 2 * 4000
     for i, start in enumerate(searched_from[::2]):
         assert start >= i - 2, (i, start)
+
+
+_ENV_LINE_CHARS = st.sampled_from([*"agi_AZaz09:_ -\r\t\x00é?=&/.", "agi_", ": ", "::"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_ENV_LINE_CHARS, max_size=12).map("".join).flatmap(
+    lambda text: st.sampled_from([text, "agi_" + text, "agi_k: " + text])), min_size=1,
+    max_size=6))
+def test_env_lines_parse_as_the_documented_grammar(lines: list[str]) -> None:
+    """parse_env_lines (no regex per line) accepts and splits exactly as _ENV_LINE does."""
+    lines = ["agi_network: yes", *lines]
+    expected: dict[str, str] | None = {}
+    for line in lines:
+        m = _ENV_LINE.fullmatch(line)
+        if m is None:
+            expected = None
+            break
+        assert expected is not None
+        expected[m.group(1)] = m.group(2)
+    if expected is None:
+        with pytest.raises(HeaderError):
+            parse_env_lines(lines)
+    else:
+        assert dict(parse_env_lines(lines).values) == expected
