@@ -8,6 +8,7 @@ database itself refuses UPDATE and DELETE of consent events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -294,8 +295,16 @@ class ConsentStatus:
 # Per decision and attempt, so the dicts are spelled out: dataclasses.asdict deep-copies
 # field by field (~4 µs a prompt). Same keys, same order (the fields'), same JSON.
 def _prompts_json(prompts: Sequence[PromptHeard]) -> str:
-    return json.dumps([{"id": p.id, "lang": p.lang, "sha256": p.sha256, "text": p.text,
-                        "interrupted": p.interrupted} for p in prompts], ensure_ascii=False)
+    """``json.dumps`` of the prompts heard, from memoised items (the same text exactly)."""
+    return "[" + ", ".join(map(_prompt_json, prompts)) + "]"
+
+
+@functools.lru_cache(maxsize=1024)
+def _prompt_json(p: PromptHeard) -> str:
+    # a call hears prompts from a small catalogue: each (prompt, language, interrupted)
+    # is encoded once, not once per decision
+    return json.dumps({"id": p.id, "lang": p.lang, "sha256": p.sha256, "text": p.text,
+                       "interrupted": p.interrupted}, ensure_ascii=False)
 
 
 def _digits_json(digits: Sequence[DigitPress]) -> str:
