@@ -55,16 +55,20 @@ def mask_number(number: str) -> str:
     return digits[:head] + "****" + digits[-2:]
 
 
-def _clean(value: str) -> bool:
-    """True when :func:`_scrub` would return ``value`` unchanged (no number, no control)."""
-    return value.isprintable() and (len(value) < 7 or _DIGITS7.search(value) is None)
-
-
 def _scrub(value: str) -> str:
-    if _clean(value):
+    printable = value.isprintable()
+    if printable and (len(value) < 7 or _DIGITS7.search(value) is None):
         return value
-    value = _NUMBER.sub(lambda m: mask_number(m.group(0)), value)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", value)
+    value = _NUMBER.sub(_mask_match, value)
+    return value if printable else _CONTROL.sub(_escape_match, value)
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    return mask_number(m.group(0))
+
+
+def _escape_match(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group(0)):02x}"
 
 
 def mask_numbers(
@@ -74,11 +78,10 @@ def mask_numbers(
     for key, value in list(event_dict.items()):
         if type(value) is str:
             # the common case inline: one search, and no call, for a clean string
-            if key in _SAFE_KEYS or (
-                value.isprintable() and (len(value) < 7 or _DIGITS7.search(value) is None)
-            ):
-                continue
-            event_dict[key] = _scrub(value)
+            if key not in _SAFE_KEYS:
+                scrubbed = _scrub(value)
+                if scrubbed is not value:
+                    event_dict[key] = scrubbed
         elif value is None or type(value) in _PLAIN or key in _SAFE_KEYS:
             continue
         else:
