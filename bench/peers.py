@@ -38,6 +38,8 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import loop_factory
+
 # The dialogue is not hand-copied: the benchmark records consent-ivr's own commands for
 # each scripted call (bench.loadgen.record) and passes them here as a decision tree —
 # send this command; on the reply's ``result=`` value, go to that node. Every peer walks
@@ -200,10 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)  # panoramisk logs every request at INFO
-    if kind == "raw":
-        asyncio.run(serve_raw(port, tree))
-    else:
-        asyncio.run(serve_panoramisk(port, tree, with_db=kind == "panoramisk-db"))
+    # "raw-uvloop", "panoramisk-uvloop": the same peer on uvloop, consent-ivr's own loop
+    kind, on_uvloop, _ = kind.partition("-uvloop")
+    factory = loop_factory("uvloop") if on_uvloop else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        if kind == "raw":
+            runner.run(serve_raw(port, tree))
+        else:
+            runner.run(serve_panoramisk(port, tree, with_db=kind == "panoramisk-db"))
     return 0
 
 

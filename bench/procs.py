@@ -174,8 +174,10 @@ class Server:
         if database_url:
             env["DATABASE_URL"] = database_url
         env.update(extra_env or {})
-        if kind == "consent-ivr":
+        if kind.startswith("consent-ivr"):
             cmd = [sys.executable, "-m", "agi", "serve"]
+            if kind == "consent-ivr-asyncio":  # the fallback loop, for comparison
+                env["CONSENT_IVR_EVENT_LOOP"] = "asyncio"
         else:
             cmd = [sys.executable, "-m", "bench.peers", kind, str(self.port), str(templates)]
         self._fh = self.log.open("wb")

@@ -24,6 +24,9 @@ from typing import Any
 from bench import procs
 
 PARTS = ("sessions", "hold", "storm", "screen", "pacing")
+SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
+           "panoramisk-uvloop", "panoramisk-db")
+PEERS = SERVERS[2:]
 
 
 def machine() -> dict[str, Any]:
@@ -34,7 +37,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_at_start": os.getloadavg(),
+        "uvloop": _version("uvloop"), "asyncpg": _version("asyncpg"),
+        "panoramisk": _version("panoramisk"),
     }
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def measure_window(pid: int, run: Callable[[], dict[str, Any]], warmup: float,
@@ -65,6 +79,9 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
     levels = [50] if quick else [50, 200, 1000]
     duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
     targets = ["consent-ivr", "raw", "panoramisk", "panoramisk-db"]
+    # at the target level, each peer on uvloop too (consent-ivr's own loop: the fair
+    # ceiling for it), and consent-ivr on asyncio's loop (its fallback)
+    extra = ["raw-uvloop", "panoramisk-uvloop", "consent-ivr-asyncio"]
     wd = ctx["workdir"]
     db_url = procs.run(ctx["db"].create())
     results: dict[str, Any] = {"levels": {}, "paced": {}}
@@ -82,8 +99,8 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
         if not quick:
             runs.append((200, ctx["think_ms"]))
         for conc, think in runs:
-            for target in targets:
-                env_url = db_url if target in ("consent-ivr", "panoramisk-db") else None
+            for target in targets + (extra if conc == 200 and not think else []):
+                env_url = db_url if target.startswith(("consent-ivr", "panoramisk-db")) else None
                 with procs.server(target, wd, database_url=env_url, templates=tpl_file) as srv:
                     cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
                            "templates": templates, "concurrency": conc, "think_ms": think,
@@ -107,7 +124,7 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
     for block in (results["levels"], results["paced"]):
         for by in block.values():
             ours = by.get("consent-ivr", {}).get("calls_per_s") or 0
-            for peer in ("raw", "panoramisk", "panoramisk-db"):
+            for peer in PEERS:
                 if by.get(peer, {}).get("calls_per_s"):
                     by.setdefault("ratios", {})[f"vs_{peer}"] = round(
                         ours / by[peer]["calls_per_s"], 2)
@@ -227,7 +244,7 @@ def table(res: dict[str, Any]) -> str:
     s = res.get("sessions")
     if s:
         for conc, by in s["levels"].items():
-            for target in ("consent-ivr", "raw", "panoramisk", "panoramisk-db"):
+            for target in SERVERS:
                 r = by.get(target)
                 if not r:
                     continue
