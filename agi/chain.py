@@ -29,7 +29,12 @@ epoch; jsonb as PostgreSQL prints it::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import json
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -307,16 +312,63 @@ def _check(row: Mapping[str, Any], expected_prev: bytes) -> ChainBreak | None:
 
 
 async def export_chain_status(pool: asyncpg.Pool, metrics: Any) -> ChainReport:
-    """Walk the chain once and publish the verdict as ``consent_ivr_ledger_chain_ok``.
+    """Walk the chain once, in this process, and publish the verdict (see below)."""
+    report = await verify_chain(pool)
+    publish_chain_status(metrics, report.to_json())
+    return report
 
-    ``serve`` runs this every ``CONSENT_IVR_CHAIN_VERIFY_INTERVAL`` seconds, so a ledger
+
+def publish_chain_status(metrics: Any, verdict: dict[str, Any]) -> None:
+    """The verdict of a walk as ``consent_ivr_ledger_chain_ok`` (and a log line if broken).
+
+    ``serve`` walks every ``CONSENT_IVR_CHAIN_VERIFY_INTERVAL`` seconds, so a ledger
     edited behind the application's back raises an alert without anyone running
     ``verify-ledger`` by hand.
     """
-    report = await verify_chain(pool)
-    metrics.chain_ok.set(1 if report.ok else 0)
-    metrics.chain_events.set(report.checked)
-    if not report.ok:
-        log.error("ledger_chain_broken", first_break=report.to_json().get("first_break"),
-                  checked=report.checked)
-    return report
+    metrics.chain_ok.set(1 if verdict["ok"] else 0)
+    metrics.chain_events.set(verdict["checked"])
+    if not verdict["ok"]:
+        log.error("ledger_chain_broken", first_break=verdict.get("first_break"),
+                  checked=verdict["checked"])
+
+
+async def export_chain_status_elsewhere(url: str, metrics: Any) -> dict[str, Any]:
+    """Walk the chain in a child process (``python -m agi.chain``), then publish it.
+
+    The walk is CPU work in Python (a SHA-256 over each event's canonical form); in a
+    process of its own it never holds up the calls on the server's event loop. The
+    database URL goes through the child's environment, never its command line. The
+    child is killed if the walk is cancelled (the server stopping).
+    """
+    env = {**os.environ, "CONSENT_IVR_CHAIN_URL": url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agi.chain", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"chain walk failed (exit {proc.returncode}): "
+                           f"{err.decode(errors='replace')[-500:]}")
+    verdict: dict[str, Any] = json.loads(out)
+    publish_chain_status(metrics, verdict)
+    return verdict
+
+
+async def _walk(url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return (await verify_chain(conn)).to_json()
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":  # the child of export_chain_status_elsewhere: one JSON line
+    from agi.logconfig import configure_logging
+
+    configure_logging("json", "warning", stream=sys.stderr)  # stdout carries the verdict
+    print(json.dumps(asyncio.run(_walk(os.environ["CONSENT_IVR_CHAIN_URL"]))))

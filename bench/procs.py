@@ -170,6 +170,10 @@ class Server:
             "CONSENT_IVR_LOG_LEVEL": "info",
             "CONSENT_IVR_COMMAND_TIMEOUT": "600",
             "CONSENT_IVR_HEADER_TIMEOUT": "30",
+            # the hash-chain walk serve runs at start and hourly (in a child process)
+            # would re-hash the ledger this benchmark grows at every server start, on
+            # the core the load generator and PostgreSQL share: off while measuring
+            "CONSENT_IVR_CHAIN_VERIFY_INTERVAL": "0",
         })
         if database_url:
             env["DATABASE_URL"] = database_url

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from agi import metrics as metrics_mod
-from agi.chain import export_chain_status
+from agi.chain import export_chain_status, export_chain_status_elsewhere
 from agi.cli import _verify_chain_forever
 from agi.journal import Journal
 from agi.ledger import Ledger
@@ -71,14 +71,21 @@ async def test_chain_status_is_exported_and_turns_red_on_tampering(
     assert report.first_break.id == 3
     assert value(metrics, "consent_ivr_ledger_chain_ok") == 0
 
+    # the walk serve runs, in a child process, reaches the same verdict
+    metrics.chain_ok.set(-1)
+    verdict = await export_chain_status_elsewhere(db_url, metrics)
+    assert not verdict["ok"] and verdict["first_break"]["id"] == 3
+    assert verdict["checked"] == report.checked
+    assert value(metrics, "consent_ivr_ledger_chain_ok") == 0
+
 
 async def test_serve_walks_the_chain_periodically(
-    ledger: Ledger, pool: asyncpg.Pool, metrics: Metrics
+    ledger: Ledger, db_url: str, metrics: Metrics
 ) -> None:
     await seed(ledger, 3)
     stop = asyncio.Event()
-    task = asyncio.create_task(_verify_chain_forever(pool, metrics, stop, 0.05))
-    for _ in range(200):
+    task = asyncio.create_task(_verify_chain_forever(db_url, metrics, stop, 0.05))
+    for _ in range(1000):
         if metrics.registry.get_sample_value("consent_ivr_ledger_chain_ok") == 1:
             break
         await asyncio.sleep(0.01)
@@ -87,8 +94,8 @@ async def test_serve_walks_the_chain_periodically(
     assert value(metrics, "consent_ivr_ledger_chain_verified_events") == 3
 
 
-async def test_chain_walk_disabled_with_zero_interval(pool: asyncpg.Pool, metrics: Metrics) -> None:
-    await asyncio.wait_for(_verify_chain_forever(pool, metrics, asyncio.Event(), 0), 1)
+async def test_chain_walk_disabled_with_zero_interval(db_url: str, metrics: Metrics) -> None:
+    await asyncio.wait_for(_verify_chain_forever(db_url, metrics, asyncio.Event(), 0), 1)
     assert value(metrics, "consent_ivr_ledger_chain_ok") == -1
 
 
