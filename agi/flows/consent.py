@@ -13,6 +13,7 @@ when a live agent transferred the caller in. The rules this flow keeps:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,16 +114,24 @@ class ConsentFlow:
                 await dialogue.play("transfer-return")
         except _NoDecision as nd:
             call.outcome = cv.RESULT_NO_DECISION if nd.reason != "storage_unavailable" else "error"
-            await self._attempt(call, dialogue, "no_decision", nd.reason, number, purpose)
-            if ch.hung_up:
-                return
-            if nd.reason == "storage_unavailable":
-                await dialogue.play("error")
-                return  # CONSENT_RESULT stays "error"
-            if nd.reason in {"unknown_purpose", "unknown_method"}:
-                return  # CONSENT_RESULT stays "error": the dialplan is misconfigured
-            await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_NO_DECISION)
-            await dialogue.play("no-decision")
+            # The attempt row is audit, not the caller's business: it is written while the
+            # closing prompt plays (a caller no longer waits a commit, or the database
+            # timeout in an outage, in silence), and the call ends only once it is stored
+            # or journaled.
+            writing = asyncio.create_task(self.store.record_attempt(self._attempt_record(
+                call, dialogue, "no_decision", nd.reason, number, purpose)))
+            try:
+                if ch.hung_up:
+                    return
+                if nd.reason == "storage_unavailable":
+                    await dialogue.play("error")
+                    return  # CONSENT_RESULT stays "error"
+                if nd.reason in {"unknown_purpose", "unknown_method"}:
+                    return  # CONSENT_RESULT stays "error": the dialplan is misconfigured
+                await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_NO_DECISION)
+                await dialogue.play("no-decision")
+            finally:
+                await asyncio.shield(writing)
         except AGIHangup:
             if not self._decided(call):  # a decision already stored stands
                 call.outcome = "hangup"
@@ -263,8 +272,21 @@ class ConsentFlow:
         number: _Number | None,
         purpose: str,
     ) -> None:
-        env = call.env
         await self.store.record_attempt(
+            self._attempt_record(call, dialogue, outcome, reason, number, purpose))
+
+    def _attempt_record(
+        self,
+        call: Call,
+        dialogue: Dialogue,
+        outcome: str,
+        reason: str,
+        number: _Number | None,
+        purpose: str,
+    ) -> AttemptRecord:
+        """What the call left behind: keys and prompts so far (copied now)."""
+        env = call.env
+        return (
             AttemptRecord(
                 route=call.route,
                 outcome=outcome,
