@@ -77,7 +77,6 @@ def measure_window(pid: int, run: Callable[[], dict[str, Any]], warmup: float,
 def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
     quick = ctx["quick"]
     levels = [50] if quick else [50, 200, 1000]
-    duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
     targets = ["consent-ivr", "raw", "panoramisk", "panoramisk-db"]
     # at the target level, each peer on uvloop too (consent-ivr's own loop: the fair
     # ceiling for it), and consent-ivr on asyncio's loop (its fallback)
@@ -99,24 +98,20 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
         if not quick:
             runs.append((200, ctx["think_ms"]))
         for conc, think in runs:
-            for target in targets + (extra if conc == 200 and not think else []):
-                env_url = db_url if target.startswith(("consent-ivr", "panoramisk-db")) else None
-                with procs.server(target, wd, database_url=env_url, templates=tpl_file) as srv:
-                    cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
-                           "templates": templates, "concurrency": conc, "think_ms": think,
-                           "duration_s": duration, "warmup_s": warmup,
-                           "ramp_s": min(2.0, conc / 500)}
-                    cfg["warmup_s"] = max(warmup, cfg["ramp_s"] + 0.5)
-                    res, cpu = measure_window(
-                        srv.pid, lambda cfg=cfg: procs.loadgen(cfg), cfg["warmup_s"], duration)
-                    res.update(cpu)
-                    if res["calls_per_s"]:
-                        # CPU per session: steadier than the rate when the machine is shared
-                        res["server_cpu_us_per_call"] = round(
-                            cpu["server_cpu_pct"] * 1e4 / res["calls_per_s"])
-                    key = "paced" if think else "levels"
-                    results[key].setdefault(str(conc), {})[target] = res
-                    _progress(f"sessions {target} c={conc} think={think}ms: "
+            # rounds, targets interleaved in each: one run's rate moves ±20 % with the
+            # machine (noisy neighbours); each target keeps its best round (all are kept)
+            for rnd in range(1 if think else ctx["rounds"]):
+                for target in targets + (extra if conc == 200 and not think else []):
+                    res = _session_run(ctx, target, conc, think, db_url, tpl_file, templates)
+                    by_target = results["paced" if think else "levels"].setdefault(str(conc), {})
+                    best = by_target.get(target)
+                    res["round_rates"] = [*(best or {}).get("round_rates", []),
+                                          res["calls_per_s"]]
+                    if best is None or res["calls_per_s"] >= best["calls_per_s"]:
+                        by_target[target] = res
+                    else:
+                        best["round_rates"] = res["round_rates"]
+                    _progress(f"sessions {target} c={conc} think={think}ms round {rnd + 1}: "
                               f"{res['calls_per_s']} calls/s, cmd p99 "
                               f"{res['cmd_latency_ms']['p99']} ms, errors {res['errors']}")
     finally:
@@ -129,6 +124,25 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
                     by.setdefault("ratios", {})[f"vs_{peer}"] = round(
                         ours / by[peer]["calls_per_s"], 2)
     return results
+
+
+def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url: str,
+                 tpl_file: Path, templates: list[dict[str, Any]]) -> dict[str, Any]:
+    """One closed-loop window against a fresh ``target`` server."""
+    duration, warmup = (3.0, 1.0) if ctx["quick"] else (8.0, 2.0)
+    env_url = db_url if target.startswith(("consent-ivr", "panoramisk-db")) else None
+    with procs.server(target, ctx["workdir"], database_url=env_url, templates=tpl_file) as srv:
+        cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+               "templates": templates, "concurrency": conc, "think_ms": think,
+               "duration_s": duration, "warmup_s": warmup, "ramp_s": min(2.0, conc / 500)}
+        cfg["warmup_s"] = max(warmup, cfg["ramp_s"] + 0.5)
+        res, cpu = measure_window(
+            srv.pid, lambda: procs.loadgen(cfg), cfg["warmup_s"], duration)
+    res.update(cpu)
+    if res["calls_per_s"]:
+        # CPU per session: steadier than the rate when the machine is shared
+        res["server_cpu_us_per_call"] = round(cpu["server_cpu_pct"] * 1e4 / res["calls_per_s"])
+    return res
 
 
 # --------------------------------------------------------------------------- part 2
@@ -249,9 +263,12 @@ def table(res: dict[str, Any]) -> str:
                 if not r:
                     continue
                 lat, ktc = r["cmd_latency_ms"], r["keypress_to_commit_ms"]
+                rounds = r.get("round_rates", [])
                 rows.append((
                     f"1. sessions/s @{conc} ch, {target}",
-                    f"{_f(r['calls_per_s'])} /s",
+                    f"{_f(r['calls_per_s'])} /s" + (
+                        f" (best of {', '.join(_f(x) for x in rounds)})"
+                        if len(rounds) > 1 else ""),
                     f"cmd p50/p99 {_f(lat['p50'])}/{_f(lat['p99'])} ms (excl. commit); "
                     f"key→commit p50/p99 {_f(ktc['p50'])}/{_f(ktc['p99'])} ms",
                     f"srv {r.get('server_cpu_us_per_call', 'n/a')} µs CPU/session; "
@@ -325,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="~1 minute smoke run")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="closed-loop rounds per target and level; the best is kept "
+                             "(default 2, --quick 1)")
     parser.add_argument("--think-ms", type=int, default=100,
                         help="caller think time per reply for the paced latency run")
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
@@ -335,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("console", "warning")  # the dialer's and pools' INFO lines stay out
     started = time.time()
     ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
+                           "rounds": args.rounds or (1 if args.quick else 2),
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                               "nofile_limit": nofile,
