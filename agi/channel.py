@@ -133,6 +133,7 @@ class AGIStream(asyncio.Protocol):
             if len(self.events) > self.MAX_QUEUED:
                 raise ProtocolError("the peer sent replies to commands never sent")
         except (HeaderError, ProtocolError) as exc:
+            self.events.clear()  # nothing read from a peer that broke the protocol counts
             self._stop(exc)
             if self.transport is not None:
                 self.transport.close()
@@ -188,6 +189,8 @@ class AGIStream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.eof or self.transport is None or self.transport.is_closing():
+            if isinstance(self.error, ProtocolError):
+                raise self.error
             raise AGIHangup("AGI connection is closed")
         self.transport.write(data)
 

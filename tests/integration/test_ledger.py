@@ -179,3 +179,30 @@ async def test_unreachable_database_is_ledger_unavailable(own_pg) -> None:  # ty
         assert (await ledger.record_decision(decision()))[1] is True
     finally:
         await pool.close()
+
+
+async def test_pool_release_keeps_no_transaction_and_sends_no_reset(db_url: str) -> None:
+    """connect_pool skips asyncpg's reset round trip, yet a connection given back with a
+    transaction open is still rolled back (asyncpg does that before our reset hook)."""
+    from agi.ledger import connect_pool
+
+    pool = await connect_pool(db_url, min_size=1, max_size=1, timeout=5.0)
+    try:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+            # given back without commit or rollback
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            seen: list[str] = []
+            conn.add_query_logger(lambda record: seen.append(record.query))
+        for _ in range(5):  # releases that would each have sent the reset statement
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        assert seen == ["SELECT 1"] * 5, seen  # no "RESET ALL; UNLISTEN *; ..." between
+    finally:
+        await pool.close()

@@ -8,6 +8,7 @@ server, on what the channel returned and on what the fake recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from agi.protocol import (
     AGIHangup,
     AGIInvalidCommand,
     AGIUsageError,
+    ProtocolError,
 )
 from tests.fakes import HANGUP, SILENCE, USAGE, CallRecord, FakeAsterisk
 
@@ -419,3 +421,69 @@ async def test_hangup_in_the_same_read_as_the_env_block() -> None:
 
     result, _ = await _raw_peer(peer, scenario)
     assert result == (True, True)
+
+
+async def test_deadline_follows_each_command_after_a_long_one() -> None:
+    """One lazily re-armed timer per connection: a short command after a long one still
+    times out on its own deadline, and a slow-but-in-time reply is not cut."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(ENV)
+        await reader.readline()  # STREAM FILE: answered after 0.3 s (its deadline is long)
+        await asyncio.sleep(0.3)
+        writer.write(b"200 result=0 endpos=100\n")
+        await reader.readline()  # ANSWER: never answered
+        await reader.read()
+
+    async def scenario(ch: Channel) -> Any:
+        played = await ch.stream_file("beep", max_seconds=5)
+        t0 = asyncio.get_running_loop().time()
+        try:
+            await ch.answer()
+        except ReplyTimeout:
+            return played, asyncio.get_running_loop().time() - t0
+        return played, None
+
+    result, ch = await _raw_peer(peer, scenario, command_timeout=0.2)
+    played, waited = result
+    assert played == PlaybackResult(digit=None, endpos=100)
+    assert waited is not None and 0.15 < waited < 1.5
+    assert ch.closed
+
+
+async def test_a_flood_of_unsolicited_replies_is_cut_off() -> None:
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(ENV)
+        await reader.readline()
+        writer.write(b"200 result=0\n" * (AGIStream.MAX_QUEUED + 10))
+        await reader.read()
+
+    async def scenario(ch: Channel) -> str:
+        await ch.answer()  # the first reply answers it
+        await asyncio.sleep(0.2)  # the flood arrives
+        await ch.noop()
+        return "a flooded session went on"
+
+    result, _ = await _raw_peer(peer, scenario)
+    assert isinstance(result, ProtocolError), result
+
+
+async def test_commands_from_two_coroutines_go_one_at_a_time() -> None:
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(ENV)
+        for _ in range(2):
+            line = await reader.readline()
+            assert line.startswith(b"NOOP")
+            # nothing else may arrive before this reply goes out
+            with contextlib.suppress(TimeoutError):
+                extra = await asyncio.wait_for(reader.readline(), 0.05)
+                raise AssertionError(f"second command in flight: {extra!r}")
+            writer.write(b"200 result=0\n")
+        await reader.read()
+
+    async def scenario(ch: Channel) -> int:
+        await asyncio.gather(ch.noop("a"), ch.noop("b"))
+        return ch.commands_sent
+
+    result, _ = await _raw_peer(peer, scenario)
+    assert result == 2
