@@ -122,7 +122,8 @@ class AGIStream(asyncio.Protocol):
                 if self._env is None:
                     assert self._loop is not None
                     self._env = self._loop.create_future()
-                self._env.set_result(env)
+                if not self._env.done():  # (done: the header timed out)
+                    self._env.set_result(env)
                 if not data:
                     return
             for event in self.parser.feed(data):
@@ -179,13 +180,25 @@ class AGIStream(asyncio.Protocol):
 
     async def read_env(self, timeout: float) -> AGIEnv:
         """The environment block; :class:`HeaderError` or ``TimeoutError`` otherwise."""
+        loop = self._loop
+        assert loop is not None
         if self._env is None:
-            assert self._loop is not None
-            self._env = self._loop.create_future()
+            self._env = loop.create_future()
             if self.eof:
                 self._stop(None)
-        async with asyncio.timeout(timeout):
-            return await self._env
+        env = self._env
+        if env.done():
+            return env.result()
+        # a plain timer, not asyncio.timeout (a context object and a task lookup per call)
+        late = loop.call_later(timeout, self._header_late)
+        try:
+            return await env
+        finally:
+            late.cancel()
+
+    def _header_late(self) -> None:
+        if self._env is not None and not self._env.done():
+            self._env.set_exception(TimeoutError("no environment block in time"))
 
     def write(self, data: bytes) -> None:
         if self.eof or self.transport is None or self.transport.is_closing():

@@ -225,6 +225,27 @@ def parse_env_lines(lines: Iterable[str]) -> AGIEnv:
     return AGIEnv(values=values, args=args)
 
 
+_ENV_BLOCK = re.compile(r"^agi_([A-Za-z0-9_]+): ?(.*)$", re.MULTILINE)
+
+
+def parse_env_block(text: str) -> AGIEnv:
+    """:func:`parse_env_lines` of a whole block (lines end in LF or CRLF), in one pass.
+
+    One ``findall`` over the block instead of a match per line; every line must be one
+    of the matches, so a block with any other line is refused exactly as line by line.
+    """
+    text = text.replace("\r\n", "\n").rstrip("\n")
+    pairs = _ENV_BLOCK.findall(text)
+    if len(pairs) != text.count("\n") + 1:
+        return parse_env_lines(text.split("\n"))  # names the offending line
+    values: dict[str, str] = dict(pairs)
+    numbered = {int(key[4:]): value for key, value in pairs
+                if key.startswith("arg_") and key[4:].isdigit()}
+    if "request" not in values and "network" not in values:
+        raise HeaderError("environment block has neither agi_network nor agi_request")
+    return AGIEnv(values=values, args=tuple(numbered[i] for i in sorted(numbered)))
+
+
 class HeaderParser:
     """Incremental parser of the environment block; bounded in size.
 
@@ -258,13 +279,9 @@ class HeaderParser:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
             text = block.decode("latin-1")  # caller-id names are not always UTF-8
-        lines = [line.removesuffix("\r") for line in text.split("\n")]
-        # the block ends with "\n\n": drop the two empty strings that produces
-        while lines and lines[-1] == "":
-            lines.pop()
         if "\x00" in text:
             raise HeaderError("NUL byte in environment block")
-        self.env = parse_env_lines(lines)
+        self.env = parse_env_block(text)
         self.remainder = rest
         return self.env
 

@@ -24,6 +24,7 @@ from agi.protocol import (
     Reply,
     ReplyParser,
     encode_command,
+    parse_env_block,
     parse_env_lines,
 )
 from tests.fakes import parse_args
@@ -238,18 +239,34 @@ _ENV_LINE_CHARS = st.sampled_from([*"agi_AZaz09:_ -\r\t\x00é?=&/.", "agi_", ": 
     lambda text: st.sampled_from([text, "agi_" + text, "agi_k: " + text])), min_size=1,
     max_size=6))
 def test_env_lines_parse_as_the_documented_grammar(lines: list[str]) -> None:
-    """parse_env_lines (no regex per line) accepts and splits exactly as _ENV_LINE does."""
+    """parse_env_lines and parse_env_block accept and split exactly as _ENV_LINE does
+    (a block's lines losing one trailing CR, as HeaderParser always did)."""
     lines = ["agi_network: yes", *lines]
-    expected: dict[str, str] | None = {}
-    for line in lines:
-        m = _ENV_LINE.fullmatch(line)
-        if m is None:
-            expected = None
-            break
-        assert expected is not None
-        expected[m.group(1)] = m.group(2)
+
+    def grammar(lines: list[str]) -> dict[str, str] | None:
+        out: dict[str, str] = {}
+        for line in lines:
+            m = _ENV_LINE.fullmatch(line)
+            if m is None:
+                return None
+            out[m.group(1)] = m.group(2)
+        return out
+
+    expected = grammar(lines)
     if expected is None:
         with pytest.raises(HeaderError):
             parse_env_lines(lines)
     else:
         assert dict(parse_env_lines(lines).values) == expected
+    # a block never holds an empty line (HeaderParser ends it at the first one)
+    stripped = [line.removesuffix("\r") for line in lines]
+    for block, lines_seen in (("\n".join(lines) + "\n\n", stripped),
+                              ("\r\n".join(lines) + "\r\n\r\n", lines)):
+        if "" in stripped or "" in lines_seen:
+            continue
+        want = grammar(lines_seen)
+        if want is None:
+            with pytest.raises(HeaderError):
+                parse_env_block(block)
+        else:
+            assert dict(parse_env_block(block).values) == want
