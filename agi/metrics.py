@@ -26,8 +26,8 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Final
 
 import structlog
@@ -108,6 +108,7 @@ class Metrics:
         self._originates: deque[float] = deque()
         #: (verb, result) → (duration histogram child, command counter child)
         self._command_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+        self._db_children: dict[str, Histogram] = {}
         #: (route as given, outcome) → (calls counter child, duration histogram child)
         self._call_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         r = self.registry
@@ -321,21 +322,19 @@ class Metrics:
             self.decisions_journaled.inc()
 
     def db_observe(self, operation: str, seconds: float, error: str | None = None) -> None:
-        op = self._l("db", "operation", operation)
-        self.db_seconds.labels(operation=op).observe(max(seconds, 0.0))
+        child = self._db_children.get(operation)  # cached as agi_command's (a few per call)
+        if child is None:
+            child = self.db_seconds.labels(operation=self._l("db", "operation", operation))
+            if len(self._db_children) < _MAX_CACHED_CHILDREN:
+                self._db_children[operation] = child
+        child.observe(seconds if seconds > 0.0 else 0.0)
         if error is not None:
+            op = self._l("db", "operation", operation)
             self.db_errors.labels(operation=op, error=self._l("db", "error", error)).inc()
 
-    @contextmanager
-    def db_timer(self, operation: str) -> Iterator[None]:
+    def db_timer(self, operation: str) -> AbstractContextManager[None]:
         """Time one database operation; an exception counts as an error (and propagates)."""
-        started = time.monotonic()
-        try:
-            yield
-        except Exception as exc:
-            self.db_observe(operation, time.monotonic() - started, _error_name(exc))
-            raise
-        self.db_observe(operation, time.monotonic() - started)
+        return _DbTimer(self, operation)
 
     # ----------------------------------------------------------------- marketing
 
@@ -574,3 +573,24 @@ async def start_exporter(
             f"CONSENT_IVR_METRICS_ADDR: cannot listen on {addr}: {exc.strerror or exc}"
         ) from exc
     return server
+
+
+class _DbTimer(AbstractContextManager[None]):
+    """:meth:`Metrics.db_timer`: a plain class, not a generator (two per call)."""
+
+    __slots__ = ("_metrics", "_operation", "_started")
+
+    def __init__(self, metrics: Metrics, operation: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.monotonic()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self._metrics.db_observe(self._operation, time.monotonic() - self._started)
+        elif isinstance(exc, Exception):  # a cancellation is not a database error
+            self._metrics.db_observe(self._operation, time.monotonic() - self._started,
+                                     _error_name(exc))
