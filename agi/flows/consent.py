@@ -135,14 +135,16 @@ class ConsentFlow:
         except AGIHangup:
             if not self._decided(call):  # a decision already stored stands
                 call.outcome = "hangup"
-                await self._attempt(call, dialogue, "hangup", "caller_hung_up", number, purpose)
+                await self.store.record_attempt(self._attempt_record(
+                    call, dialogue, "hangup", "caller_hung_up", number, purpose))
             raise
         except AGIAppError as exc:
             # A prompt could not be played: the caller did not hear the question.
             call.outcome = "error"
             call.log.error("prompt_failed", error=str(exc))
             if not self._decided(call):
-                await self._attempt(call, dialogue, "error", "prompt_failed", number, purpose)
+                await self.store.record_attempt(self._attempt_record(
+                    call, dialogue, "error", "prompt_failed", number, purpose))
 
     @staticmethod
     def _decided(call: Call) -> bool:
@@ -262,18 +264,6 @@ class ConsentFlow:
             cv.CONSENT_RESULT, cv.RESULT_OPTED_IN if opted_in else cv.RESULT_OPTED_OUT
         )
         await dialogue.play("opted-in" if opted_in else "opted-out")
-
-    async def _attempt(
-        self,
-        call: Call,
-        dialogue: Dialogue,
-        outcome: str,
-        reason: str,
-        number: _Number | None,
-        purpose: str,
-    ) -> None:
-        await self.store.record_attempt(
-            self._attempt_record(call, dialogue, outcome, reason, number, purpose))
 
     def _attempt_record(
         self,
