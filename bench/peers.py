@@ -4,6 +4,10 @@
 FastAGI responder that sends the same commands, in the same order, branching on the same
 digits, with no database, no logging, no parsing beyond ``result=``.
 
+``python -m bench.peers raw-db PORT TEMPLATES.json`` — the same responder committing each
+decision with consent-ivr's ledger write (as ``panoramisk-db`` below): the ceiling for a
+server that stores what the caller decided. ``-uvloop`` after any kind runs it on uvloop.
+
 ``python -m bench.peers panoramisk PORT TEMPLATES.json`` — the peer most Python users
 would pick:
 panoramisk 1.4's ``panoramisk.fast_agi.Application`` with an ``async`` route doing the
@@ -108,10 +112,13 @@ _RESULT = re.compile(rb"^200 result=(\S*)")
 
 
 async def raw_session(tree: list[dict[str, Any]], reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+                      writer: asyncio.StreamWriter, store: Any = None) -> None:
     try:
-        while (await reader.readline()) not in (b"\n", b""):
-            pass
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\n", b""):
+            if store is not None:  # raw-db: the commit needs uniqueid, caller ID, channel
+                key, _, value = line.decode(errors="replace").rstrip("\n").partition(": ")
+                headers[key] = value
 
         async def send(cmd: str) -> str:
             writer.write(cmd.encode() + b"\n")
@@ -125,16 +132,22 @@ async def raw_session(tree: list[dict[str, Any]], reader: asyncio.StreamReader,
                 if not line.startswith(b"100 ") and line != b"HANGUP\n":
                     raise ConnectionError(line.decode(errors="replace"))
 
-        await consent_dialogue(tree, send)
+        commit = None
+        if store is not None:
+            async def commit(decision: str) -> int:
+                return int(await store(headers, decision))
+
+        await consent_dialogue(tree, send, commit)
     except ConnectionError:
         pass
     finally:
         writer.close()
 
 
-async def serve_raw(port: int, tree: list[dict[str, Any]]) -> None:
-    server = await asyncio.start_server(functools.partial(raw_session, tree), "127.0.0.1", port,
-                                        backlog=2048)
+async def serve_raw(port: int, tree: list[dict[str, Any]], with_db: bool = False) -> None:
+    store = await _ledger_commit() if with_db else None
+    server = await asyncio.start_server(functools.partial(raw_session, tree, store=store),
+                                        "127.0.0.1", port, backlog=2048)
     print(f"raw listening on {port}", flush=True)
     async with server:
         await server.serve_forever()
@@ -206,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     kind, on_uvloop, _ = kind.partition("-uvloop")
     factory = loop_factory("uvloop") if on_uvloop else None
     with asyncio.Runner(loop_factory=factory) as runner:
-        if kind == "raw":
-            runner.run(serve_raw(port, tree))
+        if kind in ("raw", "raw-db"):
+            runner.run(serve_raw(port, tree, with_db=kind == "raw-db"))
         else:
             runner.run(serve_panoramisk(port, tree, with_db=kind == "panoramisk-db"))
     return 0

@@ -25,7 +25,7 @@ from bench import procs
 
 PARTS = ("sessions", "hold", "storm", "screen", "pacing")
 SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
-           "panoramisk-uvloop", "panoramisk-db")
+           "panoramisk-uvloop", "panoramisk-db", "raw-db-uvloop", "panoramisk-db-uvloop")
 PEERS = SERVERS[2:]
 
 
@@ -80,7 +80,10 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
     targets = ["consent-ivr", "raw", "panoramisk", "panoramisk-db"]
     # at the target level, each peer on uvloop too (consent-ivr's own loop: the fair
     # ceiling for it), and consent-ivr on asyncio's loop (its fallback)
-    extra = ["raw-uvloop", "panoramisk-uvloop", "consent-ivr-asyncio"]
+    # and the two peers with consent-ivr's own ledger write on uvloop: the fastest a
+    # server that stores each decision durably could be here
+    extra = ["raw-uvloop", "panoramisk-uvloop", "consent-ivr-asyncio", "raw-db-uvloop",
+             "panoramisk-db-uvloop"]
     wd = ctx["workdir"]
     db_url = procs.run(ctx["db"].create())
     results: dict[str, Any] = {"levels": {}, "paced": {}}
@@ -141,7 +144,7 @@ def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url
                  tpl_file: Path, templates: list[dict[str, Any]]) -> dict[str, Any]:
     """One closed-loop window against a fresh ``target`` server."""
     duration, warmup = (3.0, 1.0) if ctx["quick"] else (8.0, 2.0)
-    env_url = db_url if target.startswith(("consent-ivr", "panoramisk-db")) else None
+    env_url = db_url if target.startswith("consent-ivr") or "-db" in target else None
     with procs.server(target, ctx["workdir"], database_url=env_url, templates=tpl_file) as srv:
         cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
                "templates": templates, "concurrency": conc, "think_ms": think,
