@@ -117,20 +117,24 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        #: the loop a flush is scheduled on (a loop that ended before running it does
+        #: not hold lines back: the next line schedules on its own loop)
+        self._scheduled: asyncio.AbstractEventLoop | None = None
 
     def put(self, line: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: write it now
+            loop = None
         with self.lock or contextlib.nullcontext():
-            pending = self._pending
-            pending.append(line)
-            first = len(pending) == 1
-            if len(pending) >= 256:
+            self._pending.append(line)
+            if loop is None or len(self._pending) >= 256:
                 self._write_pending()
                 return
-        if first:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop in this thread: write it now
-                self.flush()
+            if self._scheduled is loop:
+                return
+            self._scheduled = loop
+        loop.call_soon(self.flush)
 
     def _write_pending(self) -> None:
         if self._pending:
@@ -143,6 +147,7 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
+            self._scheduled = None
             self._write_pending()
             try:
                 super().flush()

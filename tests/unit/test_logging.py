@@ -6,6 +6,7 @@ value carries no raw control character, and a phone number anywhere in it is mas
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agi.logconfig import mask_number, mask_numbers
+from agi.logconfig import configure_logging, mask_number, mask_numbers
 
 
 @pytest.mark.parametrize(("raw", "masked"), [
@@ -76,3 +77,74 @@ def test_stdlib_loggers_render_the_same_way(json_log: io.StringIO) -> None:
     logging.getLogger("asyncpg.pool").warning("lost connection to +447700900123\nretrying")
     [line] = json_log.getvalue().splitlines()
     assert "+447700900123" not in line and json.loads(line)["logger"] == "asyncpg.pool"
+
+
+class _CountingStream(io.StringIO):
+    """Counts write() calls: one per system call on a real stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def test_lines_of_one_loop_turn_go_out_in_one_write() -> None:
+    stream = _CountingStream()
+    configure_logging("json", "info", stream=stream)
+    log = structlog.get_logger("agi.test")
+
+    async def burst() -> int:
+        for i in range(5):
+            log.info("line", n=i)
+        written_during_the_turn = stream.writes
+        await asyncio.sleep(0)  # the turn ends: the queued lines are written
+        await asyncio.sleep(0)
+        return written_during_the_turn
+
+    assert asyncio.run(burst()) == 0
+    assert stream.writes == 1
+    assert [json.loads(x)["n"] for x in stream.getvalue().splitlines()] == [0, 1, 2, 3, 4]
+
+
+def test_stdlib_record_keeps_its_place_after_queued_lines() -> None:
+    stream = _CountingStream()
+    configure_logging("json", "info", stream=stream)
+
+    async def mixed() -> None:
+        structlog.get_logger("agi.test").info("first")
+        logging.getLogger("asyncpg").warning("second")  # written at once, after "first"
+        structlog.get_logger("agi.test").info("third")
+        await asyncio.sleep(0)
+
+    asyncio.run(mixed())
+    assert [json.loads(x)["event"] for x in stream.getvalue().splitlines()] == [
+        "first", "second", "third"]
+
+
+def test_a_loop_that_ends_before_its_flush_holds_nothing_back() -> None:
+    stream = _CountingStream()
+    configure_logging("json", "info", stream=stream)
+    log = structlog.get_logger("agi.test")
+    loop = asyncio.new_event_loop()
+
+    def emit_and_stop() -> None:
+        log.info("stranded")  # its flush is scheduled for the next turn...
+        loop.stop()  # ...which never comes
+
+    loop.call_soon(emit_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert "stranded" not in stream.getvalue()
+
+    async def next_loop() -> None:
+        log.info("later")  # a line on another loop schedules a flush there
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    events = [json.loads(x)["event"] for x in stream.getvalue().splitlines()]
+    assert events == ["stranded", "later"]
+    log.info("outside any loop")  # and outside a loop a line is written at once
+    assert "outside any loop" in stream.getvalue()
