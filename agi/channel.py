@@ -109,7 +109,11 @@ class AGIStream(asyncio.Protocol):
         self._closed = self._loop.create_future()
         self.peer = transport.get_extra_info("peername")
         if self._on_connect is not None:
-            self._on_connect(self)
+            try:
+                self._on_connect(self)
+            except BaseException:
+                transport.close()  # never a connection left open with nobody serving it
+                raise
 
     def data_received(self, data: bytes) -> None:
         try:

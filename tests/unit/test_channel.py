@@ -487,3 +487,24 @@ async def test_commands_from_two_coroutines_go_one_at_a_time() -> None:
 
     result, _ = await _raw_peer(peer, scenario)
     assert result == 2
+
+
+async def test_a_failing_connect_hook_closes_the_connection() -> None:
+    loop = asyncio.get_running_loop()
+
+    def broken(stream: AGIStream) -> None:
+        raise RuntimeError("hook failed")
+
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        server = await loop.create_server(lambda: AGIStream(broken), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(ENV)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left open
+            writer.close()
+    finally:
+        loop.set_exception_handler(None)
+    assert any("hook failed" in str(ctx.get("exception")) for ctx in errors)
