@@ -157,9 +157,7 @@ class AGIStream(asyncio.Protocol):
         self._stop(AGIHangup(f"AGI connection lost: {exc}") if exc is not None else None)
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
 
     def _stop(self, exc: BaseException | None) -> None:
         self.eof = True
@@ -234,8 +232,7 @@ class AGIStream(asyncio.Protocol):
 
     def _arm(self, at: float) -> None:
         assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         self._timer_at = at
         self._timer = self._loop.call_at(at, self._on_timer)
 
@@ -254,6 +251,9 @@ class AGIStream(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -278,8 +278,7 @@ class Channel:
         #: observer of each command: (verb, seconds to its reply, ok|hangup|timeout|error)
         self.on_command = on_command
         self._stream = stream
-        self._busy = False  # one command in flight; others wait on ``_idle`` (made lazily)
-        self._idle: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()  # one command in flight
         self.command_timeout = command_timeout
         self.closed = False
         self.commands_sent = 0
@@ -322,12 +321,7 @@ class Channel:
         self, verb: str, args: tuple[str | int, ...], timeout: float | None
     ) -> Reply:
         data = encode_command(verb, *args)
-        while self._busy:  # another coroutine's command is in flight: wait for its reply
-            if self._idle is None:
-                self._idle = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._idle)
-        self._busy = True
-        try:
+        async with self._lock:  # another coroutine's command in flight: wait for its reply
             if self.closed:
                 raise AGIHangup("AGI connection is closed")
             stream = self._stream
@@ -342,11 +336,6 @@ class Channel:
                     raise
                 if reply.code != 100:  # "100 result=0 Trying..." — the real reply follows
                     return reply.raise_for_status()
-        finally:
-            self._busy = False
-            idle, self._idle = self._idle, None
-            if idle is not None and not idle.done():
-                idle.set_result(None)
 
     async def _failed(self, what: str) -> AGIAppError | AGIHangup:
         """``result=-1``: a hangup, or a failure on a live channel (e.g. missing file)?
