@@ -54,20 +54,15 @@ def raise_nofile() -> tuple[int, int]:
 
 
 def loop_factory(kind: str) -> Any:
-    """``uvloop`` (``auto``: where installed) or asyncio's own loop (``asyncio``).
+    """The event loop for ``kind`` (``auto``, ``uvloop``, ``asyncio``), as the server picks
+    it (``agi.config.Settings.loop_factory``).
 
     The load generator stands in for Asterisk, which does its socket work in C: on uvloop
     it costs about half the CPU per call, which the servers measured then get.
     """
-    if kind == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if kind == "uvloop":
-            raise
-        return None
-    return uvloop.new_event_loop
+    from agi.config import Settings
+
+    return Settings(event_loop=kind).loop_factory()
 
 
 # --------------------------------------------------------------------------- templates
