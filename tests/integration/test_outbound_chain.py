@@ -597,8 +597,11 @@ async def test_dialer_command_serves_metrics_and_readiness(
                         return samples
                     await asyncio.sleep(0.1)
 
+        # both contacts decided: A dialled and answered, B refused (the dialer claims them in
+        # either order, so wait for both before reading the rest)
         samples = await scraped(lambda s: value(
-            s, "consent_ivr_dialer_originates_total", result="answered") == 1)
+            s, "consent_ivr_dialer_originates_total", result="answered") == 1 and value(
+            s, "consent_ivr_dialer_attempts_total", decision="refused", reason="no_consent") >= 1)
         assert value(samples, "consent_ivr_ami_connected") == 1
         assert value(samples, "consent_ivr_dialer_attempts_total", decision="allowed",
                      reason="allowed") == 1
