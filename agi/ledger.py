@@ -11,11 +11,11 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -34,6 +34,9 @@ __all__ = [
     "connect_pool",
     "migrations_dir",
 ]
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 _MIGRATION_LOCK = 0x636F6E73  # 'cons': one migrator at a time, across hosts
 
@@ -392,6 +395,117 @@ def _decision_args(d: ConsentDecision) -> tuple[Any, ...]:
     )
 
 
+_ATTEMPT_COLUMNS = """route, outcome, reason, number_e164, organisation, purpose, digits,
+    prompts, uniqueid, linkedid, channel_name, callerid_num, callerid_name,
+    call_started_at, ended_at, instance, idempotency_key"""
+
+# the column list is a constant of this module, never input
+_RECORD_ATTEMPT_SQL = f"""
+    INSERT INTO consent_attempt ({_ATTEMPT_COLUMNS})
+    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15,
+            $16, $17)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id"""  # noqa: S608
+
+#: many attempts in one statement (column arrays, in arrival order)
+_RECORD_ATTEMPTS_SQL = f"""
+    INSERT INTO consent_attempt ({_ATTEMPT_COLUMNS})
+    SELECT c1, c2, c3, c4, c5, c6, c7::jsonb, c8::jsonb, c9, c10, c11, c12, c13, c14, c15,
+           c16, c17
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::timestamptz[], $15::timestamptz[], $16::text[],
+                $17::text[])
+         WITH ORDINALITY AS u(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14,
+                              c15, c16, c17, ord)
+    ORDER BY ord
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key"""  # noqa: S608
+
+
+def _attempt_args(a: AttemptRecord) -> tuple[Any, ...]:
+    return (
+        a.route, a.outcome, a.reason, a.number_e164, a.organisation, a.purpose,
+        _digits_json(a.digits), _prompts_json(a.prompts), a.uniqueid, a.linkedid,
+        a.channel_name, a.callerid_num, a.callerid_name, a.call_started_at, a.ended_at,
+        a.instance, a.idempotency_key,
+    )
+
+
+class _GroupWriter(Generic[_Item, _Result]):
+    """Group commit: writes that arrive while one is in flight go together in the next.
+
+    ``one(item)`` writes a single item (and raises :class:`LedgerUnavailable` on an
+    outage); ``many(items)`` writes a batch in one statement and returns the result of
+    each item by its index — an index it leaves out is written again alone. A batch the
+    database refuses as data is retried one item at a time, so a bad row fails alone;
+    an outage fails the whole batch with :class:`LedgerUnavailable`. Every caller is
+    answered only once its statement committed.
+    """
+
+    def __init__(self, one: Callable[[_Item], Awaitable[_Result]],
+                 many: Callable[[list[_Item]], Awaitable[dict[int, _Result]]]) -> None:
+        self._one = one
+        self._many = many
+        self._queue: list[tuple[_Item, asyncio.Future[_Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _Item) -> _Result:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Result] = loop.create_future()
+        self._queue.append((item, future))
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[_Item, asyncio.Future[_Result]]] = []
+        try:
+            while self._queue:
+                batch = [(i, f) for i, f in self._queue[:_GROUP_MAX] if not f.done()]
+                del self._queue[:_GROUP_MAX]
+                if len(batch) == 1:
+                    await self._settle(*batch[0])
+                elif batch:
+                    await self._group(batch)
+        except BaseException:
+            # stopped (cancelled at shutdown): nobody may wait forever for an answer
+            for _, future in [*batch, *self._queue]:
+                if not future.done():
+                    future.set_exception(LedgerUnavailable("the ledger writer stopped"))
+            self._queue.clear()
+            raise
+
+    async def _settle(self, item: _Item, future: asyncio.Future[_Result]) -> None:
+        try:
+            result = await self._one(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller as is
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
+
+    async def _group(self, batch: list[tuple[_Item, asyncio.Future[_Result]]]) -> None:
+        try:
+            results = await self._many([item for item, _ in batch])
+        except _UNAVAILABLE as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(LedgerUnavailable(str(exc) or type(exc).__name__))
+            return
+        except Exception:  # noqa: BLE001 - one bad item: each alone, for its own answer
+            for item, future in batch:
+                await self._settle(item, future)
+            return
+        for i, (item, future) in enumerate(batch):
+            if i not in results:
+                await self._settle(item, future)
+            elif not future.done():
+                future.set_result(results[i])
+
+
 class Ledger:
     """Consent reads and writes over an asyncpg pool; failures become LedgerUnavailable.
 
@@ -403,14 +517,16 @@ class Ledger:
     in arrival order, which the chain trigger links row by row exactly as separate
     statements — and every caller is answered only once that statement committed. A
     lone decision is the single statement it always was. A batch that fails on the
-    data is retried one decision at a time, so a bad row fails alone.
+    data is retried one decision at a time, so a bad row fails alone. Attempts (calls
+    that ended without a decision: hang-ups, timeouts, cancels) go the same way, in a
+    group of their own.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
         self.pool = pool
         self.timeout = timeout
-        self._queue: list[tuple[ConsentDecision, asyncio.Future[tuple[int, bool]]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._decisions = _GroupWriter(self._record_one, self._decision_group)
+        self._attempts = _GroupWriter(self._attempt_one, self._attempt_group)
 
     async def record_decision(self, d: ConsentDecision) -> tuple[int, bool]:
         """Store one decision exactly once. Returns (event id, True if newly stored).
@@ -418,82 +534,33 @@ class Ledger:
         Raises :class:`LedgerUnavailable` when the database cannot confirm the write:
         the caller must then not be told the decision was stored (or must journal it).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, bool]] = loop.create_future()
-        self._queue.append((d, future))
-        committer = self._committer
-        if committer is None or committer.done() or committer.get_loop() is not loop:
-            self._committer = loop.create_task(self._commit_queued())
-        return await future
+        return await self._decisions.submit(d)
 
-    async def _commit_queued(self) -> None:
-        batch: list[tuple[ConsentDecision, asyncio.Future[tuple[int, bool]]]] = []
-        try:
-            while self._queue:
-                batch = [(d, f) for d, f in self._queue[:_GROUP_MAX] if not f.done()]
-                del self._queue[:_GROUP_MAX]
-                if len(batch) == 1:
-                    await self._settle(*batch[0])
-                elif batch:
-                    await self._commit_group(batch)
-        except BaseException:
-            # stopped (cancelled at shutdown): nobody may wait forever for an answer
-            for _, future in [*batch, *self._queue]:
-                if not future.done():
-                    future.set_exception(LedgerUnavailable("the ledger writer stopped"))
-            self._queue.clear()
-            raise
-
-    async def _settle(self, d: ConsentDecision, future: asyncio.Future[tuple[int, bool]]) -> None:
-        try:
-            result = await self._record_one(d)
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller as is
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(result)
-
-    async def _commit_group(
-        self, batch: list[tuple[ConsentDecision, asyncio.Future[tuple[int, bool]]]]
-    ) -> None:
+    async def _decision_group(self, batch: list[ConsentDecision]) -> dict[int, tuple[int, bool]]:
         # one statement, one round trip, one WAL flush: a loaded event loop delays every
         # round trip, so N statements in one transaction would hold the chain lock N times
         # as long
-        columns = list(zip(*(_decision_args(d) for d, _ in batch), strict=True))
-        keys = [d.idempotency_key for d, _ in batch]
-        try:
-            inserted = await self.pool.fetch(_RECORD_DECISIONS_SQL, *columns,
-                                             timeout=self.timeout)
-            created = {r["idempotency_key"]: int(r["id"]) for r in inserted}
-            existing: dict[str, int] = {}
-            if len(created) < len(set(keys)):  # retried deliveries: already in the ledger
-                existing = {r["idempotency_key"]: int(r["id"]) for r in await self.pool.fetch(
-                    "SELECT idempotency_key, id FROM consent_event "
-                    "WHERE idempotency_key = ANY($1::text[])",
-                    [k for k in set(keys) if k not in created], timeout=self.timeout)}
-        except _UNAVAILABLE as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(LedgerUnavailable(str(exc) or type(exc).__name__))
-            return
-        except Exception:  # noqa: BLE001 - one bad decision: each alone, for its own answer
-            for d, future in batch:
-                await self._settle(d, future)
-            return
+        columns = list(zip(*map(_decision_args, batch), strict=True))
+        keys = [d.idempotency_key for d in batch]
+        inserted = await self.pool.fetch(_RECORD_DECISIONS_SQL, *columns, timeout=self.timeout)
+        created = {r["idempotency_key"]: int(r["id"]) for r in inserted}
+        existing: dict[str, int] = {}
+        if len(created) < len(set(keys)):  # retried deliveries: already in the ledger
+            existing = {r["idempotency_key"]: int(r["id"]) for r in await self.pool.fetch(
+                "SELECT idempotency_key, id FROM consent_event "
+                "WHERE idempotency_key = ANY($1::text[])",
+                [k for k in set(keys) if k not in created], timeout=self.timeout)}
         answered: set[str] = set()
-        for d, future in batch:
-            key = d.idempotency_key
+        results: dict[int, tuple[int, bool]] = {}
+        for i, key in enumerate(keys):
             if key in created and key not in answered:
-                result = (created[key], True)  # the first delivery of a key stored it
+                results[i] = (created[key], True)  # the first delivery of a key stored it
             elif key in created or key in existing:
-                result = (created.get(key) or existing[key], False)
-            else:  # cannot happen (the key is unique and never deleted): ask again alone
-                await self._settle(d, future)
+                results[i] = (created.get(key) or existing[key], False)
+            else:  # cannot happen (the key is unique and never deleted): asked again alone
                 continue
             answered.add(key)
-            if not future.done():
-                future.set_result(result)
+        return results
 
     async def _insert(self, runner: Any, d: ConsentDecision) -> tuple[int, bool]:
         row = await runner.fetchrow(_RECORD_DECISION_SQL, *_decision_args(d),
@@ -512,40 +579,24 @@ class Ledger:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def record_attempt(self, a: AttemptRecord) -> int | None:
-        """Store a call that ended without a decision; idempotent. Returns its id."""
+        """Store a call that ended without a decision; idempotent. Returns its id (None
+        when that attempt was stored already). Group-committed as decisions are."""
+        return await self._attempts.submit(a)
+
+    async def _attempt_one(self, a: AttemptRecord) -> int | None:
         try:
-            value = await self.pool.fetchval(
-                """INSERT INTO consent_attempt (
-                       route, outcome, reason, number_e164, organisation, purpose, digits,
-                       prompts, uniqueid, linkedid, channel_name, callerid_num, callerid_name,
-                       call_started_at, ended_at, instance, idempotency_key)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13,
-                           $14, $15, $16, $17)
-                   ON CONFLICT (idempotency_key) DO NOTHING
-                   RETURNING id""",
-                a.route,
-                a.outcome,
-                a.reason,
-                a.number_e164,
-                a.organisation,
-                a.purpose,
-                _digits_json(a.digits),
-                _prompts_json(a.prompts),
-                a.uniqueid,
-                a.linkedid,
-                a.channel_name,
-                a.callerid_num,
-                a.callerid_name,
-                a.call_started_at,
-                a.ended_at,
-                a.instance,
-                a.idempotency_key,
-                timeout=self.timeout,
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:
+            value = await self.pool.fetchval(_RECORD_ATTEMPT_SQL, *_attempt_args(a),
+                                             timeout=self.timeout)
+        except _UNAVAILABLE as exc:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
         return int(value) if value is not None else None
+
+    async def _attempt_group(self, batch: list[AttemptRecord]) -> dict[int, int | None]:
+        columns = list(zip(*map(_attempt_args, batch), strict=True))
+        inserted = await self.pool.fetch(_RECORD_ATTEMPTS_SQL, *columns, timeout=self.timeout)
+        ids = {r["idempotency_key"]: int(r["id"]) for r in inserted}
+        # the first delivery of a key stored it; a repeat (here or earlier) stored nothing
+        return {i: ids.pop(a.idempotency_key, None) for i, a in enumerate(batch)}
 
     async def consent_at(
         self,
