@@ -209,26 +209,34 @@ class AGIStream(asyncio.Protocol):
             raise AGIHangup("AGI connection is closed")
         self.transport.write(data)
 
-    async def next_event(self, timeout: float) -> Reply:
-        """The next reply, waiting up to ``timeout`` s (:class:`ReplyTimeout` after)."""
+    def waiter(self, timeout: float) -> asyncio.Future[None]:
+        """A future the next reply, the end of the connection or the deadline completes.
+
+        Not a coroutine: :meth:`Channel.command` awaits the future itself, so waiting
+        for a reply creates no coroutine of its own (one per command, ~10 a call).
+        Raises at once when the connection has ended or the deadline has passed.
+        """
+        if self.eof:
+            if isinstance(self.error, Exception):
+                raise self.error
+            raise AGIHangup("Asterisk closed the AGI connection")
         loop = self._loop
         assert loop is not None
-        self.deadline = loop.time() + timeout
-        while not self.events:
-            if self.eof:
-                if isinstance(self.error, Exception):
-                    raise self.error
-                raise AGIHangup("Asterisk closed the AGI connection")
-            if loop.time() >= self.deadline:
-                raise ReplyTimeout(f"no reply from Asterisk within {timeout:.1f}s")
-            if self._timer is None or self._timer_at > self.deadline:
-                self._arm(self.deadline)
-            self._waiter = waiter = loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        return self.events.popleft()
+        if loop.time() >= self.deadline:
+            raise ReplyTimeout(f"no reply from Asterisk within {timeout:.1f}s")
+        if self._timer is None or self._timer_at > self.deadline:
+            self._arm(self.deadline)
+        self._waiter = waiter = loop.create_future()
+        return waiter
+
+    def start_deadline(self, timeout: float) -> None:
+        """The reply to the command just sent is due within ``timeout`` seconds."""
+        assert self._loop is not None
+        self.deadline = self._loop.time() + timeout
+
+    def forget_waiter(self) -> None:
+        """The waiting coroutine is gone (cancelled): nothing is to be woken."""
+        self._waiter = None
 
     def _arm(self, at: float) -> None:
         assert self._loop is not None
@@ -244,7 +252,7 @@ class AGIStream(asyncio.Protocol):
             return
         assert self._loop is not None
         if self._loop.time() >= self.deadline:
-            self._wake()  # next_event sees the deadline passed
+            self._wake()  # the next waiter() call sees the deadline passed
         else:
             self._arm(self.deadline)
 
@@ -299,43 +307,50 @@ class Channel:
 
         One command at a time: a second caller waits for the first reply. A timeout
         leaves the session in an unknown state, so the connection is closed.
-        """
-        if self.on_command is None:
-            return await self._command(verb, args, timeout)
-        started = time.monotonic()
-        result = "error"
-        try:
-            reply = await self._command(verb, args, timeout)
-            result = "ok"
-            return reply
-        except ReplyTimeout:
-            result = "timeout"
-            raise
-        except AGIHangup:
-            result = "hangup"
-            raise
-        finally:
-            self.on_command(verb, time.monotonic() - started, result)
 
-    async def _command(
-        self, verb: str, args: tuple[str | int, ...], timeout: float | None
-    ) -> Reply:
+        One coroutine per command: ten a call, so the lock is taken and released
+        without ``async with`` (two more coroutines) and the reply is awaited as the
+        stream's future (:meth:`AGIStream.waiter`), not through a coroutine of its own.
+        """
         data = encode_command(verb, *args)
-        async with self._lock:  # another coroutine's command in flight: wait for its reply
+        on_command = self.on_command
+        started = time.monotonic() if on_command is not None else 0.0
+        result = "error"
+        lock = self._lock
+        await lock.acquire()  # another coroutine's command in flight: wait for its reply
+        try:
             if self.closed:
                 raise AGIHangup("AGI connection is closed")
             stream = self._stream
             stream.write(data)
             self.commands_sent += 1
+            limit = self.command_timeout if timeout is None else timeout
+            stream.start_deadline(limit)
+            events = stream.events
             while True:
-                try:
-                    reply = await stream.next_event(
-                        self.command_timeout if timeout is None else timeout)
-                except ReplyTimeout:
-                    self.close()
-                    raise
+                if not events:
+                    try:
+                        await stream.waiter(limit)
+                    except BaseException:
+                        stream.forget_waiter()
+                        raise
+                    continue
+                reply = events.popleft()
                 if reply.code != 100:  # "100 result=0 Trying..." — the real reply follows
-                    return reply.raise_for_status()
+                    reply = reply.raise_for_status()
+                    result = "ok"
+                    return reply
+        except ReplyTimeout:
+            result = "timeout"
+            self.close()
+            raise
+        except AGIHangup:
+            result = "hangup"
+            raise
+        finally:
+            lock.release()
+            if on_command is not None:
+                on_command(verb, time.monotonic() - started, result)
 
     async def _failed(self, what: str) -> AGIAppError | AGIHangup:
         """``result=-1``: a hangup, or a failure on a live channel (e.g. missing file)?

@@ -508,3 +508,68 @@ async def test_a_failing_connect_hook_closes_the_connection() -> None:
     finally:
         loop.set_exception_handler(None)
     assert any("hook failed" in str(ctx.get("exception")) for ctx in errors)
+
+
+async def test_each_command_is_observed_with_its_outcome() -> None:
+    """on_command sees every command once: ok (after a "100 Trying"), error (510),
+    hangup (511) and, last, timeout — which also closes the channel."""
+    seen: list[tuple[str, float, str]] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(ENV)
+        await reader.readline()  # EXEC
+        writer.write(b"100 result=0 Trying...\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"200 result=0\n")
+        await reader.readline()  # an unknown verb
+        writer.write(b"510 Invalid or unknown command\n")
+        await reader.readline()  # ANSWER on a dead channel
+        writer.write(b"511 Command Not Permitted on a dead channel or intercept routine\n")
+        await reader.readline()  # NOOP: never answered
+        await reader.read()
+
+    async def scenario(ch: Channel) -> list[str]:
+        outcomes = []
+        await ch.exec("Wait", "1")
+        for call in (lambda: ch.command("BOGUS"), ch.answer, ch.noop):
+            try:
+                await call()
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(type(exc).__name__)
+        return outcomes
+
+    result, ch = await _raw_peer(peer, scenario, command_timeout=0.3,
+                                 on_command=lambda *obs: seen.append(obs))
+    assert result == ["AGIInvalidCommand", "AGIDeadChannel", "ReplyTimeout"]
+    assert [(verb, outcome) for verb, _, outcome in seen] == [
+        ("EXEC", "ok"), ("BOGUS", "error"), ("ANSWER", "hangup"), ("NOOP", "timeout")]
+    assert seen[0][1] >= 0.04 and 0.2 < seen[3][1] < 2.0  # seconds to the (final) reply
+    assert ch.closed
+
+
+async def test_a_cancelled_wait_releases_the_command_slot() -> None:
+    """A command cancelled while it waits for its reply (a drain cutting a call short)
+    gives the one-command slot back and leaves no waiter for a late reply to wake."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(ENV)
+        await reader.readline()  # GET OPTION: answered only after the wait was cancelled
+        await asyncio.sleep(0.2)
+        writer.write(b"200 result=0 endpos=5\n")
+        await reader.readline()  # NOOP
+        writer.write(b"200 result=0\n")
+        await reader.read()
+
+    async def scenario(ch: Channel) -> Any:
+        waiting = asyncio.create_task(ch.get_option("beep", "12", 1000))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        stale = ch._stream._waiter
+        await asyncio.wait_for(ch.noop(), 2)  # not stuck behind the cancelled command
+        return stale, ch.commands_sent
+
+    result, _ = await _raw_peer(peer, scenario)
+    assert result == (None, 2)
