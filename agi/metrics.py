@@ -22,6 +22,7 @@ stalled loop shows up as a failed probe rather than a healthy thread.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import re
 import time
@@ -39,6 +40,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from agi.config import ConfigError
 
@@ -97,6 +100,56 @@ class _LabelGuard:
         return label_value
 
 
+class _CommandStats:
+    """The per-command metrics as plain numbers, exported by a collector at scrape time.
+
+    Every AGI command moves a histogram and a counter, ten commands a call.
+    prometheus_client's ``observe`` and ``inc`` take a lock per value (~1.1 µs the
+    pair here, most of the 2 µs a command the hook cost); these two are only ever moved
+    on the event loop's thread, and the registry is only read there too (the metrics
+    listener runs in that loop), so plain lists do. The exposition is the one the
+    ``Histogram`` and ``Counter`` gave: same names, help, labels, buckets, ``_created``.
+    """
+
+    HIST = "consent_ivr_agi_command_duration_seconds"
+    HIST_HELP = "Time from sending an AGI command to its reply (includes prompt playback)"
+    COUNT = "consent_ivr_agi_commands"
+    COUNT_HELP = "AGI commands sent, by command and result"
+
+    def __init__(self) -> None:
+        #: command label → [count per bucket (the last is +Inf), sum, created]
+        self.hist: dict[str, list[float]] = {}
+        #: (command label, result label) → [count, created]
+        self.counts: dict[tuple[str, str], list[float]] = {}
+        self._le = [*map(floatToGoString, _COMMAND_BUCKETS), "+Inf"]
+
+    def series(self, command: str, result: str) -> tuple[list[float], list[float]]:
+        """The two lists one (command, result) moves: create them on first use."""
+        now = time.time()
+        hist = self.hist.get(command)
+        if hist is None:
+            hist = self.hist[command] = [0] * (len(_COMMAND_BUCKETS) + 1) + [0.0, now]
+        count = self.counts.get((command, result))
+        if count is None:
+            count = self.counts[(command, result)] = [0, now]
+        return hist, count
+
+    def collect(self) -> Iterable[Metric]:
+        hist = HistogramMetricFamily(self.HIST, self.HIST_HELP, labels=["command"])
+        for command, data in list(self.hist.items()):
+            buckets, total = [], 0.0
+            for le, n in zip(self._le, data[:-2], strict=True):
+                total += n
+                buckets.append((le, total))
+            hist.add_metric([command], buckets, data[-2])
+            hist.add_sample(self.HIST + "_created", {"command": command}, data[-1])
+        yield hist
+        count = CounterMetricFamily(self.COUNT, self.COUNT_HELP, labels=["command", "result"])
+        for (command, result), (n, created) in list(self.counts.items()):
+            count.add_metric([command, result], n, created=created)
+        yield count
+
+
 class Metrics:
     """Every consent-ivr metric (prefix ``consent_ivr_``) and the hooks that move them."""
 
@@ -106,8 +159,8 @@ class Metrics:
         self._routes: frozenset[str] | None = None
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self._originates: deque[float] = deque()
-        #: (verb, result) → (duration histogram child, command counter child)
-        self._command_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+        #: (verb, result) → (its duration histogram's list, its counter's list)
+        self._command_children: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self._db_children: dict[str, Histogram] = {}
         #: (route as given, outcome) → (calls counter child, duration histogram child)
         self._call_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -125,13 +178,8 @@ class Metrics:
             buckets=_CALL_BUCKETS, registry=r)
         self.active_calls = Gauge(
             "consent_ivr_active_calls", "FastAGI calls in progress", registry=r)
-        self.agi_command_seconds = Histogram(
-            "consent_ivr_agi_command_duration_seconds",
-            "Time from sending an AGI command to its reply (includes prompt playback)",
-            ["command"], buckets=_COMMAND_BUCKETS, registry=r)
-        self.agi_commands = Counter(
-            "consent_ivr_agi_commands", "AGI commands sent, by command and result",
-            ["command", "result"], registry=r)
+        self.agi_command_stats = _CommandStats()
+        r.register(self.agi_command_stats)
 
         # -- consent
         self.decisions = Counter(
@@ -290,26 +338,25 @@ class Metrics:
     def agi_command(self, verb: str, seconds: float, result: str) -> None:
         """Channel callback: one AGI command and how long its reply took.
 
-        Called for every command, so the label children are looked up once per
-        (verb, result) and kept: ``labels()`` normalises and validates the label values
-        on every call (~8 µs a command here). The guard's answer for a value never
-        changes once given, so a cached child is the one ``labels()`` would return.
+        Called for every command, so the label values are guarded once per (verb,
+        result) and the series kept (see :class:`_CommandStats`).
         """
-        children = self._command_children.get((verb, result))
-        if children is None:
-            children = self._new_command_children(verb, result)
-        children[0].observe(seconds if seconds > 0.0 else 0.0)
-        children[1].inc()
+        series = self._command_children.get((verb, result))
+        if series is None:
+            series = self._new_command_series(verb, result)
+        hist, count = series
+        if seconds < 0.0:
+            seconds = 0.0
+        hist[bisect.bisect_left(_COMMAND_BUCKETS, seconds)] += 1  # le: the first bound >= it
+        hist[-2] += seconds
+        count[0] += 1
 
-    def _new_command_children(self, verb: str, result: str) -> tuple[Histogram, Counter]:
-        command = self._l("agi", "command", verb.replace(" ", "_"))
-        children = (
-            self.agi_command_seconds.labels(command=command),
-            self.agi_commands.labels(command=command, result=self._l("agi", "result", result)),
-        )
+    def _new_command_series(self, verb: str, result: str) -> tuple[list[float], list[float]]:
+        series = self.agi_command_stats.series(
+            self._l("agi", "command", verb.replace(" ", "_")), self._l("agi", "result", result))
         if len(self._command_children) < _MAX_CACHED_CHILDREN:
-            self._command_children[(verb, result)] = children
-        return children
+            self._command_children[(verb, result)] = series
+        return series
 
     # ----------------------------------------------------------------- consent / database
 
