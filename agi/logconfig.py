@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import re
 import sys
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -33,7 +35,9 @@ _PLAIN = frozenset({int, float, bool})  # values nothing is masked in
 # Keys whose values are identifiers, not phone numbers (Asterisk uniqueids are digits too).
 _SAFE_KEYS = frozenset(
     {"uniqueid", "linkedid", "event_id", "attempt_id", "duration_ms", "timestamp", "pid", "port",
-     "threadid", "call_id", "campaign_id", "count", "rows", "elapsed_ms", "offset", "lineno"}
+     "threadid", "call_id", "campaign_id", "count", "rows", "elapsed_ms", "offset", "lineno",
+     # set by the logging setup itself (a level name, a module's logger name)
+     "level", "logger"}
 )
 
 
@@ -75,17 +79,23 @@ def mask_numbers(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: mask phone numbers and escape control characters."""
-    for key, value in list(event_dict.items()):
+    dirty: list[str] | None = None
+    search = _DIGITS7.search
+    for key, value in event_dict.items():
         if type(value) is str:
-            # the common case inline: one search, and no call, for a clean string
-            if key not in _SAFE_KEYS:
-                scrubbed = _scrub(value)
-                if scrubbed is not value:
-                    event_dict[key] = scrubbed
+            # the common case inline, with no call: a clean string is printable and
+            # holds no run of 7 digits (every number _NUMBER matches holds one)
+            if key in _SAFE_KEYS or (value.isprintable()
+                                     and (len(value) < 7 or search(value) is None)):
+                continue
         elif value is None or type(value) in _PLAIN or key in _SAFE_KEYS:
             continue
-        else:
-            event_dict[key] = _scrub_value(value)
+        if dirty is None:
+            dirty = []
+        dirty.append(key)  # changed after the walk: a dict is not changed while walked
+    if dirty is not None:
+        for key in dirty:
+            event_dict[key] = _scrub_value(event_dict[key])
     return event_dict
 
 
@@ -195,6 +205,22 @@ def _logging_error() -> None:
             traceback.print_exc(file=sys.stderr)
 
 
+@functools.lru_cache(maxsize=8)
+def _json_encoder(default: Callable[[Any], Any] | None) -> json.JSONEncoder:
+    return json.JSONEncoder(default=default)
+
+
+def _json_dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kw: Any) -> str:
+    """``json.dumps`` for the renderer: the same text, with the encoder built once.
+
+    ``json.dumps`` builds a new ``JSONEncoder`` on every call that passes ``default``
+    (the renderer always does), ~1 µs of each log line.
+    """
+    if kw:
+        return json.dumps(obj, default=default, **kw)
+    return _json_encoder(default).encode(obj)
+
+
 def _dropping_errors(renderer: Any) -> Any:
     """The renderer, run as the last processor: a value it cannot render drops the line
     (reported on stderr), as the stdlib handler did, instead of raising into a call."""
@@ -250,7 +276,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: Any = None
     ]
     renderer: Any
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
         # before masking: database errors quote the failing row, phone number included
         shared.append(structlog.processors.format_exc_info)
     else:

@@ -148,3 +148,37 @@ def test_a_loop_that_ends_before_its_flush_holds_nothing_back() -> None:
     assert events == ["stranded", "later"]
     log.info("outside any loop")  # and outside a loop a line is written at once
     assert "outside any loop" in stream.getvalue()
+
+
+def test_json_lines_are_what_structlogs_renderer_writes() -> None:
+    """The renderer's serializer builds its encoder once; the text must not change."""
+    import datetime as dt
+
+    from agi.logconfig import _json_dumps
+
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd é>"
+
+    stock = structlog.processors.JSONRenderer()
+    ours = structlog.processors.JSONRenderer(serializer=_json_dumps)
+    for event in ({"event": "x", "n": 1, "f": 0.5, "b": True, "none": None},
+                  {"event": "ünï \"q\" \\", "when": dt.datetime(2026, 11, 30, tzinfo=dt.UTC),
+                   "odd": Odd(), "nested": {"a": [1, "two", {"three": Odd()}]}},
+                  {"event": "sorted?", "z": 1, "a": 2}):
+        assert ours(None, "info", dict(event)) == stock(None, "info", dict(event))
+
+
+@given(st.dictionaries(st.sampled_from(["event", "channel", "level", "logger", "number",
+                                        "uniqueid", "digits", "n"]),
+                       st.one_of(st.text(), st.integers(), st.none(),
+                                 st.lists(st.text(), max_size=2)), max_size=6))
+def test_only_dirty_values_change(event: dict[str, object]) -> None:
+    """Masking leaves clean values as the very same objects and keeps every key."""
+    out = mask_numbers(None, "info", dict(event))
+    assert list(out) == list(event)
+    for key, value in event.items():
+        if isinstance(value, str) and value.isprintable() and not re.search(r"\d{7}", value):
+            assert out[key] is value
+        if key in {"uniqueid", "level", "logger"}:
+            assert out[key] is value  # identifiers, and values the logging setup sets
