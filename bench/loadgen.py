@@ -156,6 +156,8 @@ class Stats:
 
     measuring: bool = False
     completed: int = 0
+    #: every call completed, inside the measuring window or not (instructions part)
+    completed_all: int = 0
     completed_by: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
@@ -271,7 +273,9 @@ class ScriptedCaller(asyncio.Protocol):
         if not ok:
             self.stats.error(f"{self.tpl.name}: connection closed after {self.idx} of "
                              f"{len(self.tpl.commands)} commands ({exc!r})")
-        elif self.stats.measuring:
+        else:
+            self.stats.completed_all += 1
+        if ok and self.stats.measuring:
             self.stats.completed += 1
             by = self.stats.completed_by
             by[self.tpl.name] = by.get(self.tpl.name, 0) + 1
@@ -370,6 +374,7 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "concurrency": cfg["concurrency"], "think_ms": cfg.get("think_ms", 0),
         "seconds": round(elapsed, 2), "calls": stats.completed,
+        "calls_all": stats.completed_all,
         "calls_per_s": round(stats.completed / elapsed, 1),
         "commands_per_s": round(stats.commands / elapsed, 1),
         "by_script": stats.completed_by,

@@ -151,7 +151,7 @@ class Server:
 
     def __init__(self, kind: str, workdir: Path, *, database_url: str | None = None,
                  max_calls: int = 12_000, extra_env: dict[str, str] | None = None,
-                 templates: Path | None = None) -> None:
+                 templates: Path | None = None, wrapper: list[str] | None = None) -> None:
         self.kind = kind  # consent-ivr | raw | panoramisk
         self.port = free_port()
         self.workdir = workdir
@@ -178,15 +178,19 @@ class Server:
         if database_url:
             env["DATABASE_URL"] = database_url
         env.update(extra_env or {})
-        if kind.startswith("consent-ivr"):
+        if kind == "consent-ivr-no-call-sessions":  # ablation: see bench/ablate.py
+            cmd = [sys.executable, "-m", "bench.ablate", "call-sessions"]
+        elif kind.startswith("consent-ivr"):
             cmd = [sys.executable, "-m", "agi", "serve"]
             if kind == "consent-ivr-asyncio":  # the fallback loop, for comparison
                 env["CONSENT_IVR_EVENT_LOOP"] = "asyncio"
+            if kind == "consent-ivr-no-logs":  # ablation: the two INFO lines a call
+                env["CONSENT_IVR_LOG_LEVEL"] = "warning"
         else:
             cmd = [sys.executable, "-m", "bench.peers", kind, str(self.port), str(templates)]
         self._fh = self.log.open("wb")
         # RLIMIT_NOFILE was raised in this process; the child inherits it
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._fh,
+        self.proc = subprocess.Popen([*(wrapper or []), *cmd], cwd=ROOT, env=env, stdout=self._fh,
                                      stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:

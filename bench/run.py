@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import procs
 
-PARTS = ("sessions", "hold", "storm", "screen", "pacing")
+PARTS = ("sessions", "instructions", "hold", "storm", "screen", "pacing")
 SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
            "panoramisk-uvloop", "panoramisk-db", "raw-db-uvloop", "panoramisk-db-uvloop")
 PEERS = SERVERS[2:]
@@ -157,6 +157,94 @@ def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url
         # CPU per session: steadier than the rate when the machine is shared
         res["server_cpu_us_per_call"] = round(cpu["server_cpu_pct"] * 1e4 / res["calls_per_s"])
     return res
+
+
+# --------------------------------------------------------------------------- part 1b
+
+#: the servers whose instructions per session are counted, in this order: consent-ivr,
+#: consent-ivr with a part taken out (bench/ablate.py), and the peers
+INSTRUCTION_TARGETS = ("consent-ivr", "consent-ivr-no-logs", "consent-ivr-no-call-sessions",
+                       "raw-db-uvloop", "raw-uvloop", "panoramisk", "panoramisk-db")
+
+
+def part_instructions(ctx: dict[str, Any]) -> dict[str, Any]:
+    """User-space instructions per consent session, counted by callgrind.
+
+    The closed-loop rates of part 1 move ±20 % with whatever else the machine runs;
+    an instruction count does not (the same build, script and concurrency give the
+    same count to a fraction of a percent). Each server runs under ``valgrind
+    --tool=callgrind`` with counting off through start-up and a warm-up; counting is
+    switched on with ``callgrind_control``, the load generator places calls for a
+    while and waits for every call to end, and the count is dumped. Instructions per
+    session = that count / the calls completed meanwhile. Kernel work (system calls)
+    is not counted: part 1's CPU per session has it.
+    """
+    import shutil
+
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        return {"available": False, "reason": "valgrind (callgrind) is not installed"}
+    quick = ctx["quick"]
+    targets = ["consent-ivr", "raw-db-uvloop", "panoramisk"] if quick else INSTRUCTION_TARGETS
+    conc, seconds = 20, (4.0 if quick else 10.0)
+    wd = ctx["workdir"]
+    tpl = _templates(ctx)
+    tpl_file = wd / "templates.json"
+    db_url = procs.run(ctx["db"].create())
+    results: dict[str, Any] = {"concurrency": conc, "seconds": seconds, "targets": {}}
+    try:
+        for target in targets:
+            out = wd / f"callgrind-{target}.out"
+            env_url = db_url if target.startswith("consent-ivr") or "-db" in target else None
+            srv = procs.Server(target, wd, database_url=env_url, templates=tpl_file, wrapper=[
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={out}"])
+            try:
+                srv.wait_ready(timeout=300)
+                cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
+                       "templates": tpl, "concurrency": conc, "ramp_s": 0.2}
+                procs.loadgen({**cfg, "duration_s": 3.0, "warmup_s": 0.5}, timeout=600)
+                time.sleep(1.0)
+                _callgrind_control("-i", "on", srv.pid)
+                run = procs.loadgen({**cfg, "duration_s": seconds, "warmup_s": 0.0},
+                                    timeout=600)
+                time.sleep(1.0)  # the last calls' bookkeeping and log lines
+                _callgrind_control("-d", srv.pid)
+                _callgrind_control("-i", "off", srv.pid)
+            finally:
+                srv.stop()
+            dumped = out.with_name(out.name + ".1")
+            total = _callgrind_total(dumped)
+            calls = run["calls_all"]
+            res = {"instructions": total, "calls": calls, "errors": run["errors"],
+                   "instructions_per_call": round(total / calls) if calls else None}
+            results["targets"][target] = res
+            _progress(f"instructions {target}: {res['instructions_per_call']} per session "
+                      f"({calls} sessions, errors {run['errors']})")
+            for f in wd.glob(f"callgrind-{target}.out*"):
+                f.unlink()
+    finally:
+        procs.run(ctx["db"].drop(db_url))
+    by = results["targets"]
+    ours = by.get("consent-ivr", {}).get("instructions_per_call")
+    if ours:
+        results["ratios"] = {f"vs_{t}": round(ours / by[t]["instructions_per_call"], 2)
+                             for t in by if t != "consent-ivr"
+                             and by[t].get("instructions_per_call")}
+    return results
+
+
+def _callgrind_control(*args: Any) -> None:
+    subprocess.run(["callgrind_control", *map(str, args)], capture_output=True, check=True,
+                   timeout=120)
+
+
+def _callgrind_total(path: Path) -> int:
+    """The ``summary:`` (total instructions) of one callgrind dump."""
+    with path.open(errors="replace") as fh:
+        for line in fh:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no summary in {path}")
 
 
 # --------------------------------------------------------------------------- part 2
@@ -306,6 +394,21 @@ def table(res: dict[str, Any]) -> str:
                     f"cmd p50/p99 {_f(lat['p50'])}/{_f(lat['p99'])} ms (excl. commit); "
                     f"key→commit p50/p99 {_f(ktc['p50'])}/{_f(ktc['p99'])} ms",
                     f"cpu srv {r['server_cpu_pct']}% err {r['errors']}"))
+    ins = res.get("instructions")
+    if ins:
+        if ins.get("available") is False:
+            rows.append(("1b. instructions per session", "not available",
+                         ins.get("reason", ""), ""))
+        else:
+            for target, r in ins["targets"].items():
+                per = r["instructions_per_call"]
+                rows.append((f"1b. instructions/session @{ins['concurrency']} ch, {target}",
+                             f"{per / 1e6:.3f} M" if per else "n/a",
+                             f"{r['calls']} sessions under callgrind",
+                             f"err {r['errors']}"))
+            if ins.get("ratios"):
+                rows.append(("1b. consent-ivr's instructions as a ratio", " ".join(
+                    f"{k[3:]} {v:.2f}x" for k, v in ins["ratios"].items()), "", ""))
     h = res.get("hold")
     if h:
         rows.append((f"2. {h['calls']:,} open calls waiting for a digit",
@@ -381,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     print("setting up PostgreSQL ...", file=sys.stderr, flush=True)
     db.start()
     ctx["db"] = db
-    parts = {"sessions": part_sessions, "hold": part_hold, "storm": part_storm,
+    parts = {"sessions": part_sessions, "instructions": part_instructions,
+             "hold": part_hold, "storm": part_storm,
              "screen": part_screen, "pacing": part_pacing}
     try:
         for name in args.only or PARTS:

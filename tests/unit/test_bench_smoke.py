@@ -40,6 +40,8 @@ async def test_closed_loop_produces_figures(settings: Settings, pool: asyncpg.Po
             "duration_s": 2.0, "warmup_s": 0.5, "ramp_s": 0.1})
     assert result["errors"] == 0, result["error_samples"]
     assert result["calls"] > 0 and result["refused"] == 0
+    # every call ended, in the window or in the tail (what part 1b divides by)
+    assert result["calls_all"] >= result["calls"]
     for key in ("cmd_latency_ms", "keypress_to_commit_ms", "first_command_ms"):
         figures = result[key]
         assert isinstance(figures, dict) and figures["n"] > 0 and figures["p99"] is not None
@@ -72,3 +74,22 @@ async def test_replay_rejects_a_server_that_skips_a_command() -> None:
             "mode": "storm", "host": "127.0.0.1", "port": port, "templates": [tpl.to_json()],
             "calls": 3, "spread_s": 0.0})
     assert result["errors"] == 3 and result["completed"] == 0
+
+
+def test_callgrind_total_reads_the_summary(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from bench.run import _callgrind_total
+
+    dump = Path(str(tmp_path)) / "callgrind.out.1"
+    dump.write_text("# callgrind format\nversion: 1\nevents: Ir\nsummary: 1834741315\n"
+                    "fl=(1) x.c\nfn=(1) f\n16 5\ntotals: 1834741315\n")
+    assert _callgrind_total(dump) == 1834741315
+
+
+def test_ablation_launcher_refuses_unknown_parts() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.ablate", "logs"], cwd=repo_root(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "usage" in out.stderr

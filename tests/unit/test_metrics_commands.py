@@ -59,5 +59,6 @@ def test_values_on_a_bucket_bound_count_in_that_bucket() -> None:
     metrics = Metrics()
     metrics.agi_command("ANSWER", 0.001, "ok")
     text = metrics.render().decode()
-    assert 'consent_ivr_agi_command_duration_seconds_bucket{command="answer",le="0.001"} 1.0' in text
+    assert ('consent_ivr_agi_command_duration_seconds_bucket{command="answer",le="0.001"} 1.0'
+            in text)
     assert 'consent_ivr_agi_commands_total{command="answer",result="ok"} 1.0' in text
