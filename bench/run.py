@@ -58,12 +58,17 @@ def measure_window(pid: int, run: Callable[[], dict[str, Any]], warmup: float,
     thread = threading.Thread(target=lambda: out.update(run()))
     thread.start()
     time.sleep(warmup + 0.5)  # + the load generator's start-up
-    c0, p0, t0 = procs.cpu_seconds(pid), procs.postgres_cpu_seconds(), time.monotonic()
+    (u0, s0), p0, t0 = procs.cpu_split(pid), procs.postgres_cpu_seconds(), time.monotonic()
     l0 = os.getloadavg()[0]
     time.sleep(max(duration - 0.8, 0.5))
     wall = time.monotonic() - t0
     p1 = procs.postgres_cpu_seconds()
-    cpu = {"server_cpu_pct": round(100 * (procs.cpu_seconds(pid) - c0) / wall, 1),
+    u1, s1 = procs.cpu_split(pid)
+    cpu = {"server_cpu_pct": round(100 * (u1 - u0 + s1 - s0) / wall, 1),
+           # user: the server's own code (Python, uvloop, asyncpg); system: the kernel's
+           # work for it (socket system calls above all)
+           "server_user_pct": round(100 * (u1 - u0) / wall, 1),
+           "server_sys_pct": round(100 * (s1 - s0) / wall, 1),
            "postgres_cpu_pct": None if p0 is None or p1 is None
            else round(100 * (p1 - p0) / wall, 1),
            "loadavg_1m": round(max(l0, os.getloadavg()[0]), 2)}
@@ -156,6 +161,8 @@ def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url
     if res["calls_per_s"]:
         # CPU per session: steadier than the rate when the machine is shared
         res["server_cpu_us_per_call"] = round(cpu["server_cpu_pct"] * 1e4 / res["calls_per_s"])
+        res["server_user_us_per_call"] = round(cpu["server_user_pct"] * 1e4 / res["calls_per_s"])
+        res["server_sys_us_per_call"] = round(cpu["server_sys_pct"] * 1e4 / res["calls_per_s"])
     return res
 
 
@@ -373,7 +380,9 @@ def table(res: dict[str, Any]) -> str:
                         if len(rounds) > 1 else ""),
                     f"cmd p50/p99 {_f(lat['p50'])}/{_f(lat['p99'])} ms (excl. commit); "
                     f"key→commit p50/p99 {_f(ktc['p50'])}/{_f(ktc['p99'])} ms",
-                    f"srv {r.get('server_cpu_us_per_call', 'n/a')} µs CPU/session; "
+                    f"srv {r.get('server_cpu_us_per_call', 'n/a')} µs CPU/session "
+                    f"(user {r.get('server_user_us_per_call', 'n/a')} + "
+                    f"sys {r.get('server_sys_us_per_call', 'n/a')}); "
                     f"cpu srv {r['server_cpu_pct']}% pg {r['postgres_cpu_pct']}% "
                     f"gen {r['client_cpu_pct']}%; err {r['errors']}"))
             ratios = by.get("ratios", {})
