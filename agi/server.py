@@ -207,7 +207,10 @@ class AGIServer:
             command_timeout=self.settings.command_timeout,
             on_command=self.metrics.agi_command if self.metrics is not None else None,
         )
-        call = Call(channel=channel, route=route, params=params, call_id=call_id, log=log)
+        # one bound logger for the call's lines: the module's lazy proxy binds a new one on
+        # every line (~2.7 µs of a ~12 µs line)
+        call_log = log.bind()
+        call = Call(channel=channel, route=route, params=params, call_id=call_id, log=call_log)
         if self.sessions is not None:
             self.sessions.started(call, peer)
         self.calls_total += 1
@@ -215,7 +218,7 @@ class AGIServer:
         try:
             if handler is None:
                 call.outcome = "unknown_route"
-                log.warning("agi_unknown_route", known=sorted(self.routes))
+                call_log.warning("agi_unknown_route", known=sorted(self.routes))
                 await self._mark_error(channel)
             else:
                 await handler(call)
@@ -234,7 +237,7 @@ class AGIServer:
             if self.sessions is not None:
                 self.sessions.finished(call)
             duration_ms = int((time.monotonic() - started) * 1000)
-            log.info(
+            call_log.info(
                 "call_finished",
                 outcome=call.outcome,
                 duration_ms=duration_ms,
