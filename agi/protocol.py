@@ -186,14 +186,9 @@ class AGIEnv:
         return self.get("language", "en") or "en"
 
 
-_ENV_LINE = re.compile(r"agi_([A-Za-z0-9_]+): ?(.*)")  # the grammar parse_env_lines applies
-_ENV_KEY = re.compile(r"agi_[A-Za-z0-9_]+")
-
-
-@functools.lru_cache(maxsize=256)
-def _env_key_ok(key: str) -> bool:
-    """``agi_`` and at least one of A-Z a-z 0-9 _ (memoised: the same ~25 keys a call)."""
-    return _ENV_KEY.fullmatch(key) is not None
+_ENV_LINE = re.compile(r"agi_([A-Za-z0-9_]+): ?(.*)")
+#: the same grammar over a whole block, one line per match
+_ENV_BLOCK = re.compile(r"^agi_([A-Za-z0-9_]+): ?(.*)$", re.MULTILINE)
 
 
 def parse_env_lines(lines: Iterable[str]) -> AGIEnv:
@@ -205,27 +200,13 @@ def parse_env_lines(lines: Iterable[str]) -> AGIEnv:
     >>> env.script_path, env.params, env.args, env.get("accountcode")
     ('consent', {'purpose': 'x', 'lang': 'en'}, ('a', 'b'), '')
     """
-    values: dict[str, str] = {}
-    numbered: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
     for line in lines:
-        # what _ENV_LINE matches, without a regex per line (a block is ~25 lines, one
-        # per call): "agi_" KEY ":" [" "] VALUE, KEY of ASCII letters, digits and "_"
-        key, colon, value = line.partition(":")
-        if not (colon and key.startswith("agi_") and _env_key_ok(key)):
+        match = _ENV_LINE.fullmatch(line)
+        if match is None:
             raise HeaderError(f"not an agi_* line: {line[:80]!r}")
-        key = key[4:]
-        if value.startswith(" "):
-            value = value[1:]
-        if key.startswith("arg_") and key[4:].isdigit():
-            numbered[int(key[4:])] = value
-        values[key] = value
-    if "request" not in values and "network" not in values:
-        raise HeaderError("environment block has neither agi_network nor agi_request")
-    args = tuple(numbered[i] for i in sorted(numbered))
-    return AGIEnv(values=values, args=args)
-
-
-_ENV_BLOCK = re.compile(r"^agi_([A-Za-z0-9_]+): ?(.*)$", re.MULTILINE)
+        pairs.append((match.group(1), match.group(2)))
+    return _env_from_pairs(pairs)
 
 
 def parse_env_block(text: str) -> AGIEnv:
@@ -238,11 +219,16 @@ def parse_env_block(text: str) -> AGIEnv:
     pairs = _ENV_BLOCK.findall(text)
     if len(pairs) != text.count("\n") + 1:
         return parse_env_lines(text.split("\n"))  # names the offending line
-    values: dict[str, str] = dict(pairs)
-    numbered = {int(key[4:]): value for key, value in pairs
-                if key.startswith("arg_") and key[4:].isdigit()}
+    return _env_from_pairs(pairs)
+
+
+def _env_from_pairs(pairs: list[tuple[str, str]]) -> AGIEnv:
+    """The environment from its (key without ``agi_``, value) pairs, in block order."""
+    values = dict(pairs)  # a repeated key: the last one wins
     if "request" not in values and "network" not in values:
         raise HeaderError("environment block has neither agi_network nor agi_request")
+    numbered = {int(key[4:]): value for key, value in pairs
+                if key.startswith("arg_") and key[4:].isdigit()}
     return AGIEnv(values=values, args=tuple(numbered[i] for i in sorted(numbered)))
 
 
