@@ -161,9 +161,11 @@ class AGIServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _refuse(self, stream: AGIStream, reason: str) -> None:
+    def _refuse(self, stream: AGIStream, reason: str, **detail: str) -> None:
+        """Count, log and close a connection no flow will serve."""
         self.refused_total += 1
-        log.warning("agi_connection_refused", peer=_peer_text(stream.peer), reason=reason)
+        log.warning("agi_connection_refused", peer=_peer_text(stream.peer), reason=reason,
+                    **detail)
         self._count("refused", reason)
         stream.close()
 
@@ -183,15 +185,11 @@ class AGIServer:
         try:
             env = await stream.read_env(self.settings.header_timeout)
         except (TimeoutError, HeaderError, ConnectionError, OSError) as exc:
-            self.refused_total += 1
             reason = "header_timeout" if isinstance(exc, TimeoutError) else "bad_header"
-            log.warning("agi_connection_refused", peer=peer, reason=reason, error=str(exc)[:200])
-            self._count("refused", reason)
+            self._refuse(stream, reason, error=str(exc)[:200])
             return
         if not self._token_ok(env):
-            self.refused_total += 1
-            log.warning("agi_connection_refused", peer=peer, reason="bad_token")
-            self._count("refused", "bad_token")
+            self._refuse(stream, "bad_token")
             return
 
         route = env.script_path
