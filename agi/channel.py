@@ -161,7 +161,6 @@ class AGIStream(asyncio.Protocol):
 
     def _stop(self, exc: BaseException | None) -> None:
         self.eof = True
-        self.parser.eof = True
         if exc is not None and self.error is None:
             self.error = exc
         if self._env is not None and not self._env.done():
