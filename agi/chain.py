@@ -54,8 +54,9 @@ __all__ = [
     "ChainReport",
     "canonical",
     "event_hash",
-    "export_chain_status",
+    "export_chain_status_elsewhere",
     "jsonb_text",
+    "publish_chain_status",
     "verify_chain",
 ]
 
@@ -309,13 +310,6 @@ def _check(row: Mapping[str, Any], expected_prev: bytes) -> ChainBreak | None:
             found=bytes(row["hash"]).hex(),
         )
     return None
-
-
-async def export_chain_status(pool: asyncpg.Pool, metrics: Any) -> ChainReport:
-    """Walk the chain once, in this process, and publish the verdict (see below)."""
-    report = await verify_chain(pool)
-    publish_chain_status(metrics, report.to_json())
-    return report
 
 
 def publish_chain_status(metrics: Any, verdict: dict[str, Any]) -> None:

@@ -196,7 +196,7 @@ async def _verify_chain_forever(
 ) -> None:
     """Walk the ledger's hash chain now and every ``interval`` seconds (0: never).
 
-    Each walk runs in a child process (:func:`agi.chain.walk_in_child`): it hashes
+    Each walk runs in a child process (:func:`agi.chain.export_chain_status_elsewhere`): it hashes
     every event, ~15 µs each in Python, and on the server's event loop a batch of 2,000
     stalled every call for ~30 ms (benchmark: paced p99 per command 2.4 → 14.5 ms on
     a ledger of ~100,000 events); in its own process it uses another core.

@@ -11,7 +11,12 @@ import asyncpg
 import pytest
 
 from agi import metrics as metrics_mod
-from agi.chain import export_chain_status, export_chain_status_elsewhere
+from agi.chain import (
+    ChainReport,
+    export_chain_status_elsewhere,
+    publish_chain_status,
+    verify_chain,
+)
 from agi.cli import _verify_chain_forever
 from agi.journal import Journal
 from agi.ledger import Ledger
@@ -27,6 +32,13 @@ def metrics() -> Iterator[Metrics]:
     m = metrics_mod.install(Metrics())
     yield m
     metrics_mod._current = previous
+
+
+async def walk_here(pool: asyncpg.Pool, metrics: Metrics) -> ChainReport:
+    """A walk in this process, published as serve's child publishes its verdict."""
+    report = await verify_chain(pool)
+    publish_chain_status(metrics, report.to_json())
+    return report
 
 
 def value(m: Metrics, name: str) -> float:
@@ -54,7 +66,7 @@ async def test_chain_status_is_exported_and_turns_red_on_tampering(
 ) -> None:
     assert value(metrics, "consent_ivr_ledger_chain_ok") == -1  # not walked yet
     await seed(ledger, 5)
-    report = await export_chain_status(pool, metrics)
+    report = await walk_here(pool, metrics)
     assert report.ok
     assert value(metrics, "consent_ivr_ledger_chain_ok") == 1
     assert value(metrics, "consent_ivr_ledger_chain_verified_events") == 5
@@ -66,7 +78,7 @@ async def test_chain_status_is_exported_and_turns_red_on_tampering(
         await su.execute("UPDATE consent_event SET decision = 'opt_out' WHERE id = 3")
     finally:
         await su.close()
-    report = await export_chain_status(pool, metrics)
+    report = await walk_here(pool, metrics)
     assert not report.ok and report.first_break is not None
     assert report.first_break.id == 3
     assert value(metrics, "consent_ivr_ledger_chain_ok") == 0
