@@ -399,15 +399,8 @@ _ATTEMPT_COLUMNS = """route, outcome, reason, number_e164, organisation, purpose
     prompts, uniqueid, linkedid, channel_name, callerid_num, callerid_name,
     call_started_at, ended_at, instance, idempotency_key"""
 
-# the column list is a constant of this module, never input
-_RECORD_ATTEMPT_SQL = f"""
-    INSERT INTO consent_attempt ({_ATTEMPT_COLUMNS})
-    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15,
-            $16, $17)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id"""  # noqa: S608
-
-#: many attempts in one statement (column arrays, in arrival order)
+#: attempts in one statement (column arrays, in arrival order); the column list is a
+#: constant of this module, never input
 _RECORD_ATTEMPTS_SQL = f"""
     INSERT INTO consent_attempt ({_ATTEMPT_COLUMNS})
     SELECT c1, c2, c3, c4, c5, c6, c7::jsonb, c8::jsonb, c9, c10, c11, c12, c13, c14, c15,
@@ -584,12 +577,11 @@ class Ledger:
         return await self._attempts.submit(a)
 
     async def _attempt_one(self, a: AttemptRecord) -> int | None:
+        """A lone attempt: the group statement with one row."""
         try:
-            value = await self.pool.fetchval(_RECORD_ATTEMPT_SQL, *_attempt_args(a),
-                                             timeout=self.timeout)
+            return (await self._attempt_group([a]))[0]
         except _UNAVAILABLE as exc:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
-        return int(value) if value is not None else None
 
     async def _attempt_group(self, batch: list[AttemptRecord]) -> dict[int, int | None]:
         columns = list(zip(*map(_attempt_args, batch), strict=True))
