@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from prometheus_client import (
@@ -64,6 +64,8 @@ _DIGIT_RUN = re.compile(r"\d{4,}")
 _OTHER: Final = "other"
 #: bound of the per-command label-children cache (verbs and results are a small fixed set)
 _MAX_CACHED_CHILDREN: Final = 256
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 # AGI commands range from a NOOP (sub-millisecond) to a whole prompt (tens of seconds).
 _COMMAND_BUCKETS: Final = (
@@ -98,6 +100,17 @@ class _LabelGuard:
             return _OTHER
         seen.add(label_value)
         return label_value
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Keep ``value`` for ``key`` while the cache is under its bound; return it.
+
+    The label-children caches of the per-call hooks: their keys are the raw values a
+    hook is given, which are a small set in practice but not by construction.
+    """
+    if len(cache) < _MAX_CACHED_CHILDREN:
+        cache[key] = value
+    return value
 
 
 class _CommandStats:
@@ -331,9 +344,7 @@ class Metrics:
             self.calls.labels(route=route, outcome=self._l("calls", "outcome", outcome)),
             self.call_seconds.labels(route=route),
         )
-        if len(self._call_children) < _MAX_CACHED_CHILDREN:
-            self._call_children[(raw_route, outcome)] = children
-        return children
+        return _remember(self._call_children, (raw_route, outcome), children)
 
     def agi_command(self, verb: str, seconds: float, result: str) -> None:
         """Channel callback: one AGI command and how long its reply took.
@@ -354,9 +365,7 @@ class Metrics:
     def _new_command_series(self, verb: str, result: str) -> tuple[list[float], list[float]]:
         series = self.agi_command_stats.series(
             self._l("agi", "command", verb.replace(" ", "_")), self._l("agi", "result", result))
-        if len(self._command_children) < _MAX_CACHED_CHILDREN:
-            self._command_children[(verb, result)] = series
-        return series
+        return _remember(self._command_children, (verb, result), series)
 
     # ----------------------------------------------------------------- consent / database
 
@@ -371,9 +380,8 @@ class Metrics:
     def db_observe(self, operation: str, seconds: float, error: str | None = None) -> None:
         child = self._db_children.get(operation)  # cached as agi_command's (a few per call)
         if child is None:
-            child = self.db_seconds.labels(operation=self._l("db", "operation", operation))
-            if len(self._db_children) < _MAX_CACHED_CHILDREN:
-                self._db_children[operation] = child
+            child = _remember(self._db_children, operation, self.db_seconds.labels(
+                operation=self._l("db", "operation", operation)))
         child.observe(seconds if seconds > 0.0 else 0.0)
         if error is not None:
             op = self._l("db", "operation", operation)
