@@ -46,11 +46,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process in seconds."""
-    return sum(cpu_split(pid))
-
-
 def cpu_split(pid: int) -> tuple[float, float]:
     """(utime, stime) of a process in seconds: its own code, and the kernel's for it."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
