@@ -53,14 +53,11 @@ def _restore_logging() -> Iterator[None]:
 
 
 def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Production's loop first (chosen as ``serve`` chooses it), then asyncio's own."""
     factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
-    if os.environ.get("CONSENT_IVR_EVENT_LOOP") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            factories["uvloop"] = uvloop.new_event_loop
+    chosen = Settings(event_loop=os.environ.get("CONSENT_IVR_EVENT_LOOP", "auto")).loop_factory()
+    if chosen is not None:
+        factories["uvloop"] = chosen
     factories["asyncio"] = asyncio.new_event_loop
     return factories
 
