@@ -14,6 +14,10 @@ CONSENT_RESULT = "CONSENT_RESULT"
 CONSENT_EVENT_ID = "CONSENT_EVENT_ID"
 # Marketing route: why marketing audio was refused (empty when played).
 CONSENT_REFUSAL_REASON = "CONSENT_REFUSAL_REASON"
+# "yes" once the flow itself has told the caller that nothing was recorded (the error
+# prompt). Unset, the dialplan says it: CONSENT_RESULT=error alone cannot tell a flow that
+# apologised from a server killed mid-question (both leave "error", both SUCCESS).
+CONSENT_APOLOGISED = "CONSENT_APOLOGISED"
 
 # Set by the dialer on originated channels (AMI Originate ``Variable:``) and read
 # by the ``consent-outbound`` dialplan context to build the marketing AGI URL.
@@ -40,6 +44,8 @@ CONSENT_RESULTS = frozenset(
 )
 
 # Every variable a flow may set on the channel.
-SET_BY_FLOWS = frozenset({CONSENT_RESULT, CONSENT_EVENT_ID, CONSENT_REFUSAL_REASON})
+SET_BY_FLOWS = frozenset(
+    {CONSENT_RESULT, CONSENT_EVENT_ID, CONSENT_REFUSAL_REASON, CONSENT_APOLOGISED}
+)
 # Every variable the dialer sets on originated channels.
 SET_BY_DIALER = frozenset({CONSENT_CAMPAIGN, CONSENT_ATTEMPT})

@@ -125,6 +125,7 @@ class ConsentFlow:
                     return
                 if nd.reason == "storage_unavailable":
                     await dialogue.play("error")
+                    await ch.set_variable(cv.CONSENT_APOLOGISED, "yes")
                     return  # CONSENT_RESULT stays "error"
                 if nd.reason in {"unknown_purpose", "unknown_method"}:
                     return  # CONSENT_RESULT stays "error": the dialplan is misconfigured

@@ -268,6 +268,8 @@ async def test_database_down_and_journal_disk_full_never_confirms(
         assert rec.variables["CONSENT_RESULT"] == "error", rec.dialogue()
         assert not set(rec.prompt_names()) & CONFIRMATIONS
         assert rec.prompt_names()[-1] == "consent-ivr/error"
+        # ...and the dialplan is told so, lest it apologise a second time
+        assert rec.variables["CONSENT_APOLOGISED"] == "yes"
     conn = await asyncpg.connect(outage_db)
     try:
         assert await conn.fetchval("SELECT count(*) FROM consent_event") == 0
