@@ -230,6 +230,10 @@ def _substitute(text: str, env: dict[str, str]) -> str:
                 value = env.get(args[0], "").split(args[1])[int(args[2]) - 1]
             else:
                 value = env.get(expr, "")
+        elif ":" in expr:  # ${VAR:offset:length}, a negative length counts from the end
+            name, offset, length = (expr.split(":") + [""])[:3]
+            whole = env.get(name, "")[int(offset):]
+            value = whole[: int(length)] if length else whole
         else:
             value = env.get(expr, "")
         text = text[: match.start()] + value + text[match.end():]
@@ -390,6 +394,7 @@ def test_outbound_not_from_the_dialer_runs_no_agi(plan: Dialplan) -> None:
     ("env", "dialled"),
     [({"CONSENT_RETURN_TO": "Local/s@agent-queue"}, "Local/s@agent-queue"),
      ({"BLINDTRANSFER": "PJSIP/6001-0000002a"}, "PJSIP/6001"),
+     ({"BLINDTRANSFER": "PJSIP/agent-desk-0000002a"}, "PJSIP/agent-desk"),
      ({"CONSENT_RETURN_TO": "PJSIP/6003", "BLINDTRANSFER": "PJSIP/6001-0000002a"}, "PJSIP/6003")],
 )
 @pytest.mark.parametrize("agi", [_recorded("opted_in"), _recorded("opted_out"), *BROKEN_RESULTS[:4],
