@@ -72,12 +72,18 @@ def new_database(pg_root_url: str) -> str:
 
 
 def start_serve(db_url: str, tmp: Path, port: int, **env: str) -> Serve:
-    """A real ``consent-ivr serve`` for the PBX to call, its log kept for the report."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    serve = Serve(db_url, tmp, port, CONSENT_IVR_AGI_TOKEN=TOKEN,
-                  CONSENT_IVR_INSTANCE="asterisk-tier", **env)
-    _logs.append((f"consent-ivr serve :{port}", lambda: serve.log.read_text(errors="replace")))
+    """A real ``consent-ivr serve`` for the PBX to call, listening when this returns."""
+    serve = spawn_serve(db_url, tmp, port, **env)
     asyncio.run(serve.ready())
+    return serve
+
+
+def spawn_serve(db_url: str, tmp: Path, port: int, **env: str) -> Serve:
+    """Start ``consent-ivr serve`` (await its ``ready()``); its log kept for the report."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    serve = Serve(db_url, tmp, port, **{"CONSENT_IVR_AGI_TOKEN": TOKEN,
+                                        "CONSENT_IVR_INSTANCE": "asterisk-tier", **env})
+    _logs.append((f"consent-ivr serve :{port}", lambda: serve.log.read_text(errors="replace")))
     return serve
 
 

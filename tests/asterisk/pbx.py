@@ -224,7 +224,7 @@ exten => gosub,1,Answer()
  same => n,Dial(Local/s@test-agent/n,20)
  same => n,Hangup()
 exten => blind,1,Answer()
- same => n,Set(BLINDTRANSFER=Local/s@test-agent/n-00000001)
+ same => n,ExecIf($["${TEST_BLIND}" != ""]?Set(BLINDTRANSFER=${TEST_BLIND}))
  same => n,Goto(consent-transfer,s,1)
 
 [test-callee]
@@ -247,6 +247,7 @@ class CallRecord:
     #: (channel, context, exten, application, appdata)
     variables: list[tuple[str, str, str]] = field(default_factory=list)  # (channel, name, value)
     agi: list[tuple[str, str, str]] = field(default_factory=list)  # (channel, command, result)
+    agi_started: list[str] = field(default_factory=list)  # commands as they begin
     user_events: list[dict[str, str]] = field(default_factory=list)
     hungup: set[str] = field(default_factory=set)
     channels: set[str] = field(default_factory=set)
@@ -515,6 +516,8 @@ bind = 127.0.0.1:{self.sip_port}
                               ev.get("Application", ""), ev.get("AppData", "")))
         elif name == "VarSet":
             rec.variables.append((ch, ev.get("Variable", ""), ev.get("Value", "")))
+        elif name == "AGIExecStart":
+            rec.agi_started.append(ev.get("Command", ""))
         elif name == "AGIExecEnd":
             rec.agi.append((ch, ev.get("Command", ""), ev.get("Result", "")))
         elif name == "UserEvent":
@@ -544,26 +547,48 @@ bind = 127.0.0.1:{self.sip_port}
         raise RuntimeError(f"no OriginateResponse: {msgs}")
 
     async def call(self, caller_id: str, script: Iterable[tuple[float, str]], *,
+                   timeout: float = 150.0, **kwargs: str) -> CallRecord:
+        """Place one call into the kit and wait until both halves hung up."""
+        linkedid = await self.start_call(caller_id, script, **kwargs)
+        return await self.wait_call(linkedid, timeout)
+
+    async def in_command(self, linkedid: str, *words: str, timeout: float = 60.0) -> None:
+        """Wait until the call's AGI has begun a command whose first words are ``words``
+        (e.g. ``"GET", "OPTION", "consent-ivr/question-marketing-calls"``), to act on a
+        call at a known moment."""
+        deadline = time.monotonic() + timeout
+        n = len(words)
+
+        def begun() -> bool:
+            rec = self.calls.get(linkedid)
+            return rec is not None and any(
+                tuple(shlex.split(c)[:n]) == words for c in rec.agi_started)
+
+        while not begun():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"call {linkedid} never began {' '.join(words)}")
+            await asyncio.sleep(0.05)
+
+    async def start_call(self, caller_id: str, script: Iterable[tuple[float, str]], *,
                    context: str = "consent-inbound", exten: str = "s", pres: str = "",
-                   lang: str = "", agi: str = "", token: str = "",
-                   timeout: float = 150.0) -> CallRecord:
-        """Place one call into the kit and wait until both halves hung up.
+                   lang: str = "", agi: str = "", token: str = "", **extra: str) -> str:
+        """Place one call into the kit; its Linkedid. ``extra`` are more channel variables.
 
         ``script``: (seconds after the previous step, keys) for the caller; "H" hangs up.
         """
         steps = "/".join(f"{max(delay, 0.0):.2f}:{keys}" for delay, keys in script)
         variables = {"TEST_CID": caller_id or "anonymous", "TEST_PRES": pres,
                      "TEST_LANG": lang, "TEST_AGI": agi, "TEST_TOKEN": token,
-                     "TEST_CONTEXT": context, "TEST_EXTEN": exten, "TEST_SCRIPT": steps}
-        exten = caller_id if caller_id and caller_id != "anonymous" else "anonymous"
-        linkedid = await self.originate({
-            "Channel": f"Local/{exten}@test-line/n",
+                     "TEST_CONTEXT": context, "TEST_EXTEN": exten, "TEST_SCRIPT": steps,
+                     **extra}
+        line = caller_id if caller_id and caller_id != "anonymous" else "anonymous"
+        return await self.originate({
+            "Channel": f"Local/{line}@test-line/n",
             "Context": "test-caller", "Exten": "s", "Priority": "1",
             "Timeout": "30000", "CallerID": f"Test <{caller_id}>",
             # one header per variable: Asterisk splits a Variable header on commas
             "Variable": [f"__{k}={v}" for k, v in variables.items() if v],
         })
-        return await self.wait_call(linkedid, timeout)
 
     async def wait_call(self, linkedid: str, timeout: float = 150.0) -> CallRecord:
         rec = self.calls.get(linkedid)
