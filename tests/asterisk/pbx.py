@@ -169,7 +169,7 @@ MODULES = (
     "codec_gsm", "codec_resample", "codec_a_mu", "format_wav", "format_gsm", "format_pcm",
     "format_sln", "bridge_simple", "bridge_native_rtp", "bridge_builtin_features",
     "bridge_holding", "app_softhangup", "func_hangupcause", "app_transfer",
-    "app_blind_transfer",
+    "app_blind_transfer", "func_db",
 )
 
 #: Test contexts around the kit. ``test-line`` plays the phone line delivering a call
@@ -230,6 +230,9 @@ exten => blind,1,Answer()
 [test-callee]
 ; The far end of an outbound call: answers, then presses keys like test-caller.
 exten => _X.,1,NoOp(test callee ${EXTEN})
+ same => n,Set(TEST_RING=${DB(test/ring/${EXTEN})})
+ same => n,UserEvent(TestCalleeRinging,Number: ${EXTEN})
+ same => n,ExecIf($["${TEST_RING}" != ""]?Wait(${TEST_RING}))
  same => n,Answer()
  same => n,UserEvent(TestCalleeAnswered,Number: ${EXTEN})
  same => n,Set(TEST_SCRIPT=${DB(test/script/${EXTEN})})
@@ -255,19 +258,24 @@ class CallRecord:
 
     @property
     def line_channel(self) -> str:
-        """The half that ran the kit (the Local ``;2``): the AGI's channel."""
+        """The half that ran the kit and its AGI: the Local ``;2`` of an inbound call, the
+        ``;1`` (the originated channel) of an outbound one."""
+        for ch, *_ in self.agi:
+            return ch
         return next(ch for ch in sorted(self.channels) if ch.endswith(";2"))
 
     def last(self, name: str) -> str | None:
         """The last value ``name`` was set to on the AGI half of the call."""
-        vals = [v for ch, n, v in self.variables if n == name and ";1" not in ch]
+        line = self.line_channel
+        vals = [v for ch, n, v in self.variables if n == name and ch == line]
         return vals[-1] if vals else None
 
     def contexts(self) -> list[str]:
         """The contexts the line's half went through, in order, without repeats."""
         out: list[str] = []
+        line = self.line_channel
         for ch, ctx, *_ in self.steps:
-            if ";1" in ch:
+            if ch != line:
                 continue
             if not out or out[-1] != ctx:
                 out.append(ctx)
@@ -275,8 +283,9 @@ class CallRecord:
 
     def playbacks(self) -> list[str]:
         """What the dialplan itself played (``Playback``), in order."""
+        line = self.line_channel
         return [data for ch, _ctx, _e, app, data in self.steps
-                if app == "Playback" and ";1" not in ch]
+                if app == "Playback" and ch == line]
 
     def agi_commands(self) -> list[list[str]]:
         """Every AGI command the server sent, as words (the server quotes arguments)."""
@@ -423,6 +432,11 @@ bind = 127.0.0.1:{self.sip_port}
                 [str(self.binary.path), "-C", self.conf, "-f", "-n", "-q"],
                 env=self.binary.env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_booted(timeout)
+
+    def wait_booted(self, timeout: float = 60.0) -> None:
+        """Until ``core waitfullybooted`` answers (also after ``core restart now``)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -479,7 +493,7 @@ bind = 127.0.0.1:{self.sip_port}
         if self._ami is not None:
             return self._ami
         manager = Manager(host="127.0.0.1", port=self.ami_port, username=ADMIN_USER,
-                          secret=ADMIN_SECRET, ping_delay=0, reconnect_timeout=0.5,
+                          secret=ADMIN_SECRET, ping_delay=0, reconnect_timeout=1,
                           forgetable_actions=("Originate",))
         manager.register_event("*", self._on_event)
         await manager.connect()
