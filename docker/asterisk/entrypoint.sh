@@ -17,9 +17,14 @@ for var in CONSENT_IVR_AMI_SECRET CONSENT_SIP_6001_PASSWORD CONSENT_SIP_6002_PAS
     fi
 done
 # The trunk is only an example; placeholders keep the PJSIP objects loadable without one.
-: "${CONSENT_TRUNK_HOST:=trunk.invalid}"
+# An address, not a name: Asterisk 22 refuses the trunk's identify object when its match
+# does not resolve (seen with trunk.invalid). 192.0.2.1 is TEST-NET-1 (RFC 5737): it
+# matches no real peer and nothing is ever sent to it (the trunk aor has no qualify).
+: "${CONSENT_TRUNK_HOST:=192.0.2.1}"
 : "${CONSENT_TRUNK_USERNAME:=consent}"
-: "${CONSENT_TRUNK_PASSWORD:=}"
+# Asterisk 22 refuses an auth object without a password, dropping the trunk: an unused
+# example trunk gets a random one (never a default anybody could guess).
+: "${CONSENT_TRUNK_PASSWORD:=$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')}"
 : "${CONSENT_IVR_AGI_TOKEN:=}"
 export CONSENT_TRUNK_HOST CONSENT_TRUNK_USERNAME CONSENT_TRUNK_PASSWORD CONSENT_IVR_AGI_TOKEN
 

@@ -331,7 +331,7 @@ class Asterisk:
     # ------------------------------------------------------------------ configuration
 
     def write_config(self) -> None:
-        for sub in ("etc", "log", "run", "spool", "lib", "data/sounds/en", "data/sounds/cy",
+        for sub in ("etc", "log", "run", "spool", "lib/keys", "data/sounds/en", "data/sounds/cy",
                     "data/agi-bin"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         data = self.root / "data"
@@ -389,7 +389,7 @@ nocolor = yes
             REPO / "dialplan" / "pjsip_consent.conf.template",
             {"CONSENT_SIP_6001_PASSWORD": "agent-6001-pw",
              "CONSENT_SIP_6002_PASSWORD": "customer-6002-pw",
-             "CONSENT_TRUNK_HOST": "127.0.0.1", "CONSENT_TRUNK_USERNAME": "consent",
+             "CONSENT_TRUNK_HOST": "192.0.2.1", "CONSENT_TRUNK_USERNAME": "consent",
              "CONSENT_TRUNK_PASSWORD": "trunk-pw"}))
         (self.etc / "extensions.conf").write_text(
             "[general]\nstatic = yes\nwriteprotect = yes\nclearglobalvars = yes\n\n"
@@ -425,8 +425,9 @@ bind = 127.0.0.1:{self.sip_port}
     def conf(self) -> str:
         return str(self.etc / "asterisk.conf")
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.write_config()
+    def start(self, timeout: float = 60.0, *, configure: bool = True) -> None:
+        if configure:
+            self.write_config()
         with (self.root / "log" / "console").open("ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.binary.path), "-C", self.conf, "-f", "-n", "-q"],
