@@ -231,7 +231,7 @@ def _substitute(text: str, env: dict[str, str]) -> str:
             else:
                 value = env.get(expr, "")
         elif ":" in expr:  # ${VAR:offset:length}, a negative length counts from the end
-            name, offset, length = (expr.split(":") + [""])[:3]
+            name, offset, length = [*expr.split(":"), ""][:3]
             whole = env.get(name, "")[int(offset):]
             value = whole[: int(length)] if length else whole
         else:
