@@ -504,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
+        if args.command == "doctor":  # the first of its checks, in its format
+            print(f"✗ configuration invalid: {exc}\n    fix: correct that setting "
+                  "(.env.example lists them all)")
+            return 1
         print(f"consent-ivr: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
