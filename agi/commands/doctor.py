@@ -74,6 +74,10 @@ def _data_home(settings: Settings) -> Check:
     return Check(True, f"data home {home} ({where})")
 
 
+_NOT_CHECKED = Check(False, "migrations current: not checked (no database)",
+                     "fix the database first")
+
+
 async def _database(settings: Settings) -> list[Check]:
     import asyncpg
 
@@ -89,14 +93,14 @@ async def _database(settings: Settings) -> list[Check]:
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 return [Check(False, f"database {masked_url(url)} unreachable: {exc}",
                               "start PostgreSQL, or fix DATABASE_URL"),
-                        Check(False, "migrations current: not checked (no database)", "fix the database first")]
+                        _NOT_CHECKED]
             try:
                 pending = await pending_migrations(conn)
             finally:
                 await conn.close()
     except CommandError as exc:
         return [Check(False, f"database: {exc}", fix_db),
-                Check(False, "migrations current: not checked (no database)", "fix the database first")]
+                _NOT_CHECKED]
     reach = Check(True, f"database reachable at {masked_url(url)}")
     if pending:
         return [reach, Check(False, f"migrations pending: {', '.join(pending)}",
