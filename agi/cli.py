@@ -35,16 +35,38 @@ class CommandError(Exception):
 # --------------------------------------------------------------------------- wiring
 
 
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """``DATABASE_URL``, or the embedded PostgreSQL in ``data_dir``.
+def no_database_message(settings: Settings) -> str:
+    """The one line a read-only command prints when the data home holds no database."""
+    return (
+        f"no consent-ivr database in {settings.data_dir} (looked for "
+        f"{settings.data_dir / 'postgres'}); point CONSENT_IVR_DATA_DIR at the data home "
+        "`consent-ivr serve` uses (or set DATABASE_URL), or create one with `consent-ivr migrate`"
+    )
 
+
+@contextlib.contextmanager
+def database_url(settings: Settings, *, create: bool = False) -> Iterator[str]:
+    """``DATABASE_URL``, the running service's database, or the embedded one in the data home.
+
+    Without ``DATABASE_URL``: when ``serve`` runs on this data home (its ``runtime.json``),
+    its database; otherwise the embedded PostgreSQL in ``<data_dir>/postgres``, which only
+    ``create=True`` (serve, migrate, the commands that write) may initialise — a read-only
+    command that found no database would otherwise answer from a new, empty one.
     The embedded server runs as long as the command that started it: a command that
     finds it already running (``status`` while ``serve`` runs) uses it and leaves it be.
     """
     if settings.database_url:
         yield settings.database_url
         return
+    from agi.datahome import embedded_initialised, live_runtime
+
+    runtime = live_runtime(settings.data_dir)
+    if runtime is not None and runtime.pid != os.getpid():
+        yield runtime.database_url
+        return
+    fresh = not embedded_initialised(settings.data_dir)
+    if fresh and not create:
+        raise CommandError(no_database_message(settings))
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from agi.pgembed import EmbeddedPostgres, EmbeddedPostgresError
 
@@ -54,6 +76,8 @@ def database_url(settings: Settings) -> Iterator[str]:
         url = pg.start()
     except EmbeddedPostgresError as exc:
         raise CommandError(f"could not start the embedded PostgreSQL: {exc}") from exc
+    if fresh:
+        log.info("database_initialised", data_dir=str(pg.data_dir))
     log.info("embedded_postgres_running", data_dir=str(pg.data_dir), started=started_here)
     try:
         yield url
@@ -61,6 +85,17 @@ def database_url(settings: Settings) -> Iterator[str]:
         if started_here:
             with contextlib.suppress(EmbeddedPostgresError):
                 pg.stop()
+
+
+def masked_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @contextlib.asynccontextmanager
@@ -73,13 +108,17 @@ async def open_pool(settings: Settings, *, migrate: bool = False) -> AsyncIterat
 async def open_database(
     settings: Settings, *, migrate: bool = False
 ) -> AsyncIterator[tuple[Any, str]]:
-    """A pool on the database (``DATABASE_URL`` or the embedded one), and its URL."""
+    """A pool on the database (:func:`database_url`), and its URL.
+
+    ``migrate=True`` is for the commands that write: they may create the database and
+    bring its schema up to date. Without it the database must already hold the ledger.
+    """
     import asyncpg
 
     from agi.ledger import connect_pool
     from agi.ledger import migrate as migrate_db
 
-    with database_url(settings) as url:
+    with database_url(settings, create=migrate) as url:
         try:
             pool = await connect_pool(
                 url, min_size=1, max_size=settings.db_pool_max, timeout=settings.db_timeout
@@ -91,6 +130,12 @@ async def open_database(
                 applied = await migrate_db(url, timeout=settings.db_timeout)
                 if applied:
                     log.info("migrations_applied", migrations=applied)
+            elif await pool.fetchval("SELECT to_regclass('schema_migration')") is None:
+                raise CommandError(
+                    f"the database at {masked_url(url)} holds no consent-ivr ledger; point "
+                    "DATABASE_URL (or CONSENT_IVR_DATA_DIR) at the one `consent-ivr serve` "
+                    "uses, or create it with `consent-ivr migrate`"
+                )
             yield pool, url
         finally:
             await pool.close()
@@ -155,21 +200,48 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         sessions_stop = asyncio.Event()  # set only after the drain: cut calls get filed
         bookkeeper = asyncio.create_task(sessions.run(sessions_stop))
+        runtime_file = _write_runtime(settings, server.port, url)
         print(
             f"consent-ivr listening on agi://{settings.host}:{server.port} "
             f"(routes: {', '.join(sorted(routes))}); Ctrl-C to stop",
             file=sys.stderr,
         )
-        await server.serve_until(stop)
-        sessions_stop.set()
-        await bookkeeper
-        for task in (replayer, verifier):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if exporter is not None:
-            await exporter.close()
+        try:
+            await server.serve_until(stop)
+            sessions_stop.set()
+            await bookkeeper
+            for task in (replayer, verifier):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if exporter is not None:
+                await exporter.close()
+        finally:
+            from agi.datahome import remove_runtime
+
+            remove_runtime(runtime_file.parent, os.getpid())
     return 0
+
+
+def _write_runtime(settings: Settings, port: int, url: str) -> Any:
+    """Tell the other commands where this service listens and which database it uses."""
+    from datetime import UTC, datetime
+
+    from agi.datahome import Runtime, write_runtime
+
+    runtime = Runtime(
+        pid=os.getpid(), data_dir=str(settings.data_dir), host=settings.host, port=port,
+        database_url=url, metrics_addr=settings.metrics_addr,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        path = write_runtime(settings.data_dir, runtime)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot write the runtime file in {settings.data_dir}: {exc.strerror}"
+        ) from exc
+    log.info("runtime_file_written", path=str(path))
+    return path
 
 
 async def _replay_forever(ledger: Any, journal: Any, stop: asyncio.Event) -> None:
@@ -219,7 +291,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     from agi.ledger import migrate
 
-    with database_url(settings) as url:
+    with database_url(settings, create=True) as url:
         try:
             applied = await migrate(url, timeout=settings.db_timeout)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -238,7 +310,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"{args.number!r} is not a valid phone number (region {settings.default_region})"
         )
     purpose = args.purpose or settings.default_purpose
-    async with open_pool(settings, migrate=True) as pool:
+    async with open_pool(settings) as pool:
         ledger = Ledger(pool, timeout=settings.db_timeout)
         status = await ledger.consent_at(
             number, purpose, organisation=args.organisation, with_history=True
@@ -309,8 +381,12 @@ async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         presses = parse_presses(args.press)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    host = args.host or ("127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host)  # noqa: S104
-    port = args.port or settings.port
+    from agi.datahome import live_runtime
+
+    runtime = live_runtime(settings.data_dir)  # the service running on this data home
+    listen_host = runtime.host if runtime is not None else settings.host
+    host = args.host or ("127.0.0.1" if listen_host in {"0.0.0.0", "::"} else listen_host)  # noqa: S104
+    port = args.port or (runtime.port if runtime is not None else settings.port)
     fake = FakeAsterisk(
         host,
         port,
@@ -428,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
+        if args.command == "doctor":  # the first of its checks, in its format
+            print(f"✗ configuration invalid: {exc}\n    fix: correct that setting "
+                  "(.env.example lists them all)")
+            return 1
         print(f"consent-ivr: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)

@@ -18,6 +18,9 @@ from typing import Any
 
 import phonenumbers
 
+from agi import resources
+from agi.datahome import default_data_dir
+
 __all__ = ["ConfigError", "Settings", "repo_root"]
 
 
@@ -26,7 +29,11 @@ class ConfigError(ValueError):
 
 
 def repo_root() -> Path:
-    """The source tree holding ``agi/``, ``sounds/`` and ``db/`` (or the install prefix)."""
+    """The directory holding ``agi/``: the source tree in a checkout.
+
+    Installed from a wheel this is ``site-packages``, which holds neither ``sounds/`` nor
+    ``db/``: find those with :mod:`agi.resources`.
+    """
     return Path(__file__).resolve().parent.parent
 
 
@@ -38,7 +45,8 @@ class Settings:
     """Every knob of the service, with safe defaults."""
 
     database_url: str | None = None
-    data_dir: Path = Path("var")
+    #: the data home (:mod:`agi.datahome`): embedded database, journal, runtime file
+    data_dir: Path = field(default_factory=default_data_dir)
     # FastAGI listener
     host: str = "127.0.0.1"
     port: int = 4573
@@ -55,7 +63,7 @@ class Settings:
     default_region: str = "GB"
     default_purpose: str = "marketing-calls"
     # prompts
-    sounds_dir: Path = field(default_factory=lambda: repo_root() / "sounds")
+    sounds_dir: Path = field(default_factory=resources.sounds_dir)
     prompt_prefix: str = "consent-ivr/"
     # keypad
     key_opt_in: str = "1"
@@ -69,7 +77,8 @@ class Settings:
     db_pool_min: int = 2
     db_pool_max: int = 10
     # durability / observability
-    journal_dir: Path = Path("var/journal")
+    #: default ``<data_dir>/journal``
+    journal_dir: Path = field(default_factory=lambda: default_data_dir() / "journal")
     metrics_addr: str | None = "127.0.0.1:9464"
     #: seconds between hash-chain walks by ``serve`` (0 disables)
     chain_verify_interval: float = 3600.0
@@ -102,6 +111,8 @@ class Settings:
             if key in env and f.name != "database_url":
                 raw[f.name] = env[key]
         raw.update({k: v for k, v in overrides.items() if v is not None})
+        if not raw.get("data_dir"):  # unset or empty: never "" = the current directory
+            raw["data_dir"] = default_data_dir(env)
         return cls._coerce(raw)
 
     @classmethod
@@ -134,6 +145,11 @@ class Settings:
                 kind = type(current).__name__
                 raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
             values[f.name] = value
+        for name in ("data_dir", "journal_dir"):
+            if name in values:  # one place, whatever the working directory becomes later
+                values[name] = values[name].expanduser().absolute()
+        if "journal_dir" not in values:
+            values["journal_dir"] = values.get("data_dir", defaults.data_dir) / "journal"
         settings = replace(defaults, **values)
         settings.validate()
         return settings

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agi import resources
+
 __all__ = [
     "DEFAULT_SOUNDS",
     "ENV_ORDER",
@@ -408,8 +410,7 @@ DEFAULT_SOUNDS: Final[dict[str, int]] = {
     "digits/pound": 6720,
 }
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent  # the tree holding sounds/
-DEFAULT_SOUNDS_DIR: Final = REPO_ROOT / "sounds"
+DEFAULT_SOUNDS_DIR: Final = resources.sounds_dir()
 _DEFAULT: Final = _Marker("DEFAULT")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from agi.config import repo_root
+from agi import resources
 
 __all__ = [
     "AttemptRecord",
@@ -46,7 +46,8 @@ class LedgerUnavailable(Exception):
 
 
 def migrations_dir() -> Path:
-    return repo_root() / "db" / "migrations"
+    """The migrations shipped with this install (:func:`agi.resources.migrations_dir`)."""
+    return resources.migrations_dir()
 
 
 _MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")

@@ -41,6 +41,26 @@ def _with_db(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_home() -> Iterator[Path]:
+    """Point every command (in process or a child) at a throwaway data home.
+
+    Without it a test running ``serve`` would write its runtime file, or a test running
+    ``migrate`` its embedded database, into the user's real data home.
+    """
+    path = Path(tempfile.mkdtemp(prefix="consent-ivr-home-"))
+    saved = os.environ.get("CONSENT_IVR_DATA_DIR")
+    os.environ["CONSENT_IVR_DATA_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop("CONSENT_IVR_DATA_DIR", None)
+        else:
+            os.environ["CONSENT_IVR_DATA_DIR"] = saved
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """``main()`` points logging at the test's captured stderr; put it back afterwards."""

@@ -92,7 +92,8 @@ def _campaign_args(p: argparse.ArgumentParser) -> None:
 
 
 async def _campaign(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_pool(settings, migrate=True) as pool:
+    # only create may set up a database; list/show read, pause/resume need a campaign
+    async with open_pool(settings, migrate=args.action == "create") as pool:
         store = _store(pool, settings)
         try:
             if args.action == "create":
@@ -189,7 +190,7 @@ async def _suppression(settings: Settings, args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise CommandError(f"cannot read {args.file}")
     started = clock.monotonic()
-    async with open_pool(settings, migrate=True) as pool:
+    async with open_pool(settings) as pool:  # read-only: never creates a database
         store = _store(pool, settings)
         try:
             report = await store.import_suppression(
@@ -229,7 +230,7 @@ async def _screen(settings: Settings, args: argparse.Namespace) -> int:
         if at.tzinfo is None:
             raise CommandError("--at needs a UTC offset (e.g. Z or +01:00)")
     started = clock.monotonic()
-    async with open_pool(settings, migrate=True) as pool:
+    async with open_pool(settings) as pool:  # read-only: never creates a database
         store = _store(pool, settings)
         try:
             campaign = await store.require_campaign(args.campaign)

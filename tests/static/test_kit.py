@@ -689,12 +689,62 @@ def test_compose_consent_ivr_settings_are_real_settings() -> None:
         assert key.removeprefix("CONSENT_IVR_") in fields, f"Dockerfile: {key} is not a setting"
 
 
+def _stages(dockerfile: str) -> list[list[str]]:
+    """The instructions of each ``FROM`` stage, continuation lines joined."""
+    stages: list[list[str]] = []
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
 def test_consent_ivr_dockerfile_copies_what_exists() -> None:
     dockerfile = (ROOT / "docker" / "consent-ivr" / "Dockerfile").read_text(encoding="utf-8")
     for line in dockerfile.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"COPY source {source} is missing"
+
+
+def test_consent_ivr_image_installs_the_built_wheel_and_runs_unprivileged() -> None:
+    """Multi-stage: build the wheel, install only it; no source tree in the runtime image."""
+    stages = _stages((ROOT / "docker" / "consent-ivr" / "Dockerfile").read_text("utf-8"))
+    assert len(stages) == 2, "a build stage and a runtime stage"
+    build, runtime = stages
+    assert build[0].startswith("FROM python:") and build[0].endswith(" AS build")
+    assert any("python -m build --wheel --outdir /dist" in i for i in build if i.startswith("RUN"))
+    assert runtime[0].startswith("FROM python:3.") and "-slim" in runtime[0]
+    copies = [i for i in runtime if i.startswith(("COPY", "ADD"))]
+    from_build = [i for i in copies if "--from=build" in i]
+    assert len(from_build) == 1 and "/dist/" in from_build[0]
+    # from the context only the entry point: never agi/, db/ or sounds/
+    assert [i.split()[1] for i in copies if "--from=" not in i] == [
+        "docker/consent-ivr/entrypoint.sh"]
+    installs = [i for i in runtime if i.startswith("RUN") and "pip install" in i]
+    assert len(installs) == 1 and re.search(r"pip install /tmp/dist/consent_ivr-\*\.whl",
+                                            installs[0])
+    assert not any(" -e " in i or "gcc" in i or "build-essential" in i for i in runtime)
+    users = [i.split()[1] for i in runtime if i.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    assert any(i.startswith("RUN useradd --system") and users[-1] in i for i in runtime)
+    assert "ENV CONSENT_IVR_DATA_DIR=/var/lib/consent-ivr" in runtime
+    assert not any("CONSENT_IVR_SOUNDS_DIR" in i for i in runtime), "prompts come in the wheel"
+
+
+def test_compose_runs_the_wheel_image_with_its_data_home_on_a_volume() -> None:
+    services = _compose()["services"]
+    ivr = services["consent-ivr"]
+    assert ivr["build"] == {"context": ".", "dockerfile": "docker/consent-ivr/Dockerfile"}
+    assert services["dialer"]["image"] == ivr["image"] and "build" not in services["dialer"]
+    for name in ("consent-ivr", "dialer"):
+        mounts = {v.split(":")[1] for v in services[name].get("volumes", [])}
+        assert "/var/lib/consent-ivr" in mounts, f"{name}: data home not on a volume"
+        assert not any(v.startswith((".", "/")) for v in services[name].get("volumes", [])), (
+            f"{name}: the image must not need the source tree mounted")
 
 
 # -------------------------------------------------------------------------------- SIPp
