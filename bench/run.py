@@ -191,7 +191,8 @@ def part_instructions(ctx: dict[str, Any]) -> dict[str, Any]:
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         return {"available": False, "reason": "valgrind (callgrind) is not installed"}
     quick = ctx["quick"]
-    targets = ["consent-ivr", "raw-db-uvloop", "panoramisk"] if quick else INSTRUCTION_TARGETS
+    targets = ctx.get("targets") or (
+        ["consent-ivr", "raw-db-uvloop", "panoramisk"] if quick else INSTRUCTION_TARGETS)
     conc, seconds = 20, (4.0 if quick else 10.0)
     wd = ctx["workdir"]
     tpl = _templates(ctx)
@@ -476,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 2, --quick 1)")
     parser.add_argument("--think-ms", type=int, default=100,
                         help="caller think time per reply for the paced latency run")
+    parser.add_argument("--targets", nargs="+", choices=INSTRUCTION_TARGETS,
+                        help="part 1b: count only these servers (an A/B of one change)")
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
     args = parser.parse_args(argv)
     nofile = procs.raise_nofile()
@@ -485,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
                            "rounds": args.rounds or (1 if args.quick else 2),
+                           "targets": args.targets,
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                               "nofile_limit": nofile,
