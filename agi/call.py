@@ -6,10 +6,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agi.channel import Channel
 from agi.protocol import AGIEnv
+
+if TYPE_CHECKING:
+    from agi.ledger import DigitPress, PromptHeard
 
 __all__ = ["Call", "RouteHandler"]
 
@@ -27,6 +30,16 @@ class Call:
     started_mono: float = field(default_factory=time.monotonic)
     #: set by the flow for the ``call_finished`` log line (e.g. ``opted_in``)
     outcome: str = "unknown"
+    # The rest of the call's one canonical ``call_finished`` line, filled in by the flow
+    # as it learns them (the Dialogue appends to ``heard`` and ``digits``).
+    purpose: str | None = None
+    number: str | None = None
+    decision: str | None = None
+    event_id: int | None = None
+    journaled: bool = False
+    commit_ms: int | None = None
+    heard: list[PromptHeard] = field(default_factory=list)
+    digits: list[DigitPress] = field(default_factory=list)
 
     @property
     def env(self) -> AGIEnv:

@@ -175,6 +175,8 @@ class Metrics:
         #: (verb, result) → (its duration histogram's list, its counter's list)
         self._command_children: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self._db_children: dict[str, Histogram] = {}
+        #: (purpose, decision) → its decisions counter child
+        self._decision_children: dict[tuple[str, str], Counter] = {}
         #: (route as given, outcome) → (calls counter child, duration histogram child)
         self._call_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         r = self.registry
@@ -370,10 +372,13 @@ class Metrics:
     # ----------------------------------------------------------------- consent / database
 
     def consent_decision(self, purpose: str, decision: str, *, journaled: bool = False) -> None:
-        self.decisions.labels(
-            purpose=self._l("decisions", "purpose", purpose),
-            decision=self._l("decisions", "decision", decision),
-        ).inc()
+        child = self._decision_children.get((purpose, decision))  # cached: one per decision
+        if child is None:
+            child = _remember(self._decision_children, (purpose, decision), self.decisions.labels(
+                purpose=self._l("decisions", "purpose", purpose),
+                decision=self._l("decisions", "decision", decision),
+            ))
+        child.inc()
         if journaled:
             self.decisions_journaled.inc()
 

@@ -235,10 +235,20 @@ class AGIServer:
             if self.sessions is not None:
                 self.sessions.finished(call)
             duration_ms = int((time.monotonic() - started) * 1000)
+            # the call's one canonical line: what happened, what was decided and stored,
+            # and the evidence in short (the ledger row has it in full)
             call_log.info(
                 "call_finished",
                 outcome=call.outcome,
+                decision=call.decision,
+                event_id=call.event_id,
+                journaled=call.journaled,
+                purpose=call.purpose or params.get("purpose"),
+                number=call.number or env.callerid,
+                prompts=[p.id for p in call.heard],
+                keys="".join([d.digit for d in call.digits]),
                 duration_ms=duration_ms,
+                commit_ms=call.commit_ms,
                 commands=channel.commands_sent,
                 hung_up=channel.hung_up,
             )

@@ -26,7 +26,6 @@ from bench import procs
 PARTS = ("sessions", "instructions", "hold", "storm", "screen", "pacing")
 SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
            "panoramisk-uvloop", "panoramisk-db", "raw-db-uvloop", "panoramisk-db-uvloop")
-PEERS = SERVERS[2:]
 
 
 def machine() -> dict[str, Any]:
@@ -82,13 +81,15 @@ def measure_window(pid: int, run: Callable[[], dict[str, Any]], warmup: float,
 def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
     quick = ctx["quick"]
     levels = [50] if quick else [50, 200, 1000]
-    targets = ["consent-ivr", "raw", "panoramisk", "panoramisk-db"]
-    # at the target level, each peer on uvloop too (consent-ivr's own loop: the fair
-    # ceiling for it), and consent-ivr on asyncio's loop (its fallback)
-    # and the two peers with consent-ivr's own ledger write on uvloop: the fastest a
-    # server that stores each decision durably could be here
-    extra = ["raw-uvloop", "panoramisk-uvloop", "consent-ivr-asyncio", "raw-db-uvloop",
-             "panoramisk-db-uvloop"]
+    # Every ratio compares servers on the same event loop. At every level: consent-ivr
+    # on uvloop (its default) and the two peers that store each decision with its very
+    # ledger write, on uvloop too — raw (the floor) and panoramisk (what a user would
+    # build on it).
+    targets = ["consent-ivr", "raw-db-uvloop", "panoramisk-db-uvloop"]
+    # at 200 channels also: the peers on uvloop without a database, and the asyncio-loop
+    # rows side by side — consent-ivr's fallback against the peers on that loop
+    extra = ["raw-uvloop", "panoramisk-uvloop", "consent-ivr-asyncio", "raw", "panoramisk",
+             "panoramisk-db"]
     wd = ctx["workdir"]
     db_url = procs.run(ctx["db"].create())
     results: dict[str, Any] = {"levels": {}, "paced": {}}
@@ -131,12 +132,20 @@ def part_sessions(ctx: dict[str, Any]) -> dict[str, Any]:
         procs.run(ctx["db"].drop(db_url))
     for block in (results["levels"], results["paced"]):
         for by in block.values():
-            ours = by.get("consent-ivr", {}).get("calls_per_s") or 0
-            for peer in PEERS:
-                if by.get(peer, {}).get("calls_per_s"):
-                    by.setdefault("ratios", {})[f"vs_{peer}"] = round(
-                        ours / by[peer]["calls_per_s"], 2)
+            for ours_name, peers in SAME_LOOP.items():
+                ours = by.get(ours_name, {}).get("calls_per_s") or 0
+                for peer in peers:
+                    if ours and by.get(peer, {}).get("calls_per_s"):
+                        by.setdefault("ratios", {}).setdefault(ours_name, {})[
+                            f"vs_{peer}"] = round(ours / by[peer]["calls_per_s"], 2)
     return results
+
+
+#: whose rate is divided by whose: only servers on the same event loop
+SAME_LOOP = {
+    "consent-ivr": ("raw-db-uvloop", "panoramisk-db-uvloop", "raw-uvloop", "panoramisk-uvloop"),
+    "consent-ivr-asyncio": ("panoramisk-db", "raw", "panoramisk"),
+}
 
 
 def _better(res: dict[str, Any], best: dict[str, Any], *, paced: bool) -> bool:
@@ -191,7 +200,8 @@ def part_instructions(ctx: dict[str, Any]) -> dict[str, Any]:
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         return {"available": False, "reason": "valgrind (callgrind) is not installed"}
     quick = ctx["quick"]
-    targets = ["consent-ivr", "raw-db-uvloop", "panoramisk"] if quick else INSTRUCTION_TARGETS
+    targets = ctx.get("targets") or (
+        ["consent-ivr", "raw-db-uvloop", "panoramisk"] if quick else INSTRUCTION_TARGETS)
     conc, seconds = 20, (4.0 if quick else 10.0)
     wd = ctx["workdir"]
     tpl = _templates(ctx)
@@ -385,9 +395,8 @@ def table(res: dict[str, Any]) -> str:
                     f"sys {r.get('server_sys_us_per_call', 'n/a')}); "
                     f"cpu srv {r['server_cpu_pct']}% pg {r['postgres_cpu_pct']}% "
                     f"gen {r['client_cpu_pct']}%; err {r['errors']}"))
-            ratios = by.get("ratios", {})
-            if ratios:
-                rows.append((f"1. ratio @{conc} ch", " ".join(
+            for ours_name, ratios in by.get("ratios", {}).items():
+                rows.append((f"1. ratio @{conc} ch, {ours_name} (same loop)", " ".join(
                     f"{k[3:]} {v:.2f}x" for k, v in ratios.items()), "", ""))
         for conc, by in s.get("paced", {}).items():
             for target, r in by.items():
@@ -476,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 2, --quick 1)")
     parser.add_argument("--think-ms", type=int, default=100,
                         help="caller think time per reply for the paced latency run")
+    parser.add_argument("--targets", nargs="+", choices=INSTRUCTION_TARGETS,
+                        help="part 1b: count only these servers (an A/B of one change)")
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
     args = parser.parse_args(argv)
     nofile = procs.raise_nofile()
@@ -485,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
                            "rounds": args.rounds or (1 if args.quick else 2),
+                           "targets": args.targets,
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                               "nofile_limit": nofile,

@@ -48,8 +48,13 @@ class Dialogue:
 
     call: Call
     prompts: PromptCatalogue
-    heard: list[PromptHeard] = field(default_factory=list)
-    digits: list[DigitPress] = field(default_factory=list)
+    # the call's own lists: its ``call_finished`` line reports them too
+    heard: list[PromptHeard] = field(init=False)
+    digits: list[DigitPress] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heard = self.call.heard
+        self.digits = self.call.digits
 
     @property
     def lang(self) -> str:

@@ -90,7 +90,7 @@ class ConsentFlow:
         # The safe value first: anything that ends this call early leaves "error".
         await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
         await ch.set_variable(cv.CONSENT_EVENT_ID, "")
-        purpose = call.params.get("purpose") or s.default_purpose
+        purpose = call.purpose = call.params.get("purpose") or s.default_purpose
         method_key = call.params.get("method", "inbound")
         number: _Number | None = None
         try:
@@ -107,6 +107,7 @@ class ConsentFlow:
             # heard who is asking and how to reach them before any key counted.
             await dialogue.play("identify")
             number = await self._caller_number(call, dialogue)
+            call.number = number.e164
             decision = await self._ask(dialogue, purpose)
             await self._commit(call, dialogue, number, purpose, METHODS[method_key],
                                decision, linkedid)
@@ -244,13 +245,17 @@ class ConsentFlow:
             instance=self.settings.instance,
             linkedid=linkedid,
         )
+        asked_ms = call.offset_ms()
         try:
             result: CommitResult = await self.store.commit_decision(decision_record)
         except StorageUnavailable:
             raise _NoDecision("storage_unavailable") from None
         opted_in = decision == "opt_in"
         call.outcome = cv.RESULT_OPTED_IN if opted_in else cv.RESULT_OPTED_OUT
-        call.log.info(
+        call.decision, call.event_id, call.journaled = decision, result.event_id, result.journaled
+        call.commit_ms = call.offset_ms() - asked_ms
+        # call_finished carries the decision at info level; this line is for debugging
+        call.log.debug(
             "consent_recorded",
             decision=decision,
             purpose=purpose,

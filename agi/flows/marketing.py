@@ -447,8 +447,11 @@ class MarketingFlow:
             # The opt-in this call was allowed on still stands: as if the callee kept silent.
             log.error("marketing_reconfirm_not_stored")
             return
-        log.info("consent_recorded", decision="opt_in", event_id=result.event_id,
-                 journaled=result.journaled, method="ivr_outbound_reconfirm")
+        call.decision, call.purpose, call.number = (decision.decision, decision.purpose,
+                                                    decision.number_e164)
+        call.event_id, call.journaled = result.event_id, result.journaled
+        log.debug("consent_recorded", decision="opt_in", event_id=result.event_id,
+                  journaled=result.journaled, method="ivr_outbound_reconfirm")
         await ch.set_variable(cv.CONSENT_EVENT_ID, str(result.event_id or ""))
 
     async def _opt_out(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
@@ -468,8 +471,11 @@ class MarketingFlow:
             return
         call.outcome = cv.RESULT_OPTED_OUT
         self.metrics.marketing_opted_out()
-        log.info("consent_recorded", decision="opt_out", event_id=result.event_id,
-                 journaled=result.journaled, method="ivr_outbound_opt_out")
+        call.decision, call.purpose, call.number = (decision.decision, decision.purpose,
+                                                    decision.number_e164)
+        call.event_id, call.journaled = result.event_id, result.journaled
+        log.debug("consent_recorded", decision="opt_out", event_id=result.event_id,
+                  journaled=result.journaled, method="ivr_outbound_opt_out")
         # Durable now: only from here may the callee hear that it was recorded.
         await ch.set_variable(cv.CONSENT_EVENT_ID, str(result.event_id or ""))
         await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_OPTED_OUT)
