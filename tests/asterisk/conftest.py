@@ -104,6 +104,15 @@ def consent_service(pbx: Asterisk, tier_db: str, tier_dir: Path,
         serve.kill()
 
 
+async def fetch_rows(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """One query on its own connection, the rows as dicts (the ledger after a batch)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
 def run_batch(pbx: Asterisk,
               scenarios: Mapping[str, Callable[[], Awaitable[Any]]]) -> dict[str, Any]:
     """Run every scenario at once on one loop; each one's result, or the exception it

@@ -21,7 +21,6 @@ dialplan step (``Newexten``), every variable set (``VarSet``), every AGI command
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -30,7 +29,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -479,14 +477,6 @@ bind = 127.0.0.1:{self.sip_port}
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def log_size(self) -> int:
-        return self.logfile.stat().st_size if self.logfile.exists() else 0
-
-    def log_since(self, offset: int) -> str:
-        with self.logfile.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-
     # ------------------------------------------------------------------ AMI (harness)
 
     async def connect_ami(self) -> Manager:
@@ -640,15 +630,3 @@ class Timeline:
     def length(self, *prompt_ids: str) -> float:
         return sum(self.seconds[p] for p in prompt_ids)
 
-
-def with_env(**env: str) -> dict[str, str]:
-    return {**os.environ, **env}
-
-
-@contextlib.contextmanager
-def tempdir(prefix: str) -> Any:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -21,7 +21,7 @@ import pytest
 
 from agi.chain import verify_chain
 from agi.pgembed import EmbeddedPostgres
-from tests.asterisk.conftest import TOKEN, outcome, run_batch, spawn_serve
+from tests.asterisk.conftest import TOKEN, fetch_rows, outcome, run_batch, spawn_serve
 from tests.asterisk.pbx import Asterisk, CallRecord, Timeline, free_port
 from tests.harness import Serve
 
@@ -36,19 +36,11 @@ def question_at() -> float:
     return START + EN.length("identify") + INTO
 
 
-async def _rows(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
-
-
 async def _until_rows(url: str, sql: str, *args: Any, count: int,
                       timeout: float = 30.0) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while len(rows := await _rows(url, sql, *args)) < count:
+    while len(rows := await fetch_rows(url, sql, *args)) < count:
         assert loop.time() < deadline, f"{sql} {args}: {rows}"
         await asyncio.sleep(0.2)
     return rows
@@ -85,7 +77,7 @@ def failures(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
         victim.signal(signal.SIGKILL)
         await victim.wait()
         rec = await pbx.wait_call(linked)
-        events_before = await _rows(tier_db, "SELECT id FROM consent_event "
+        events_before = await fetch_rows(tier_db, "SELECT id FROM consent_event "
                                     "WHERE number_e164 = '+447400200003'")
         again = await serve("killed", port=victim.port)  # the same instance comes back
         attempts = await _until_rows(tier_db, "SELECT * FROM consent_attempt WHERE uniqueid = $1",
@@ -101,7 +93,7 @@ def failures(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
         victim.signal(signal.SIGTERM)
         code = await victim.wait()
         rec = await pbx.wait_call(linked)
-        attempts = await _rows(tier_db, "SELECT * FROM consent_attempt WHERE uniqueid = $1",
+        attempts = await fetch_rows(tier_db, "SELECT * FROM consent_attempt WHERE uniqueid = $1",
                                rec.uniqueids[rec.line_channel])
         return {"rec": rec, "code": code, "attempts": attempts}
 
@@ -120,8 +112,8 @@ def failures(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
         events = await _until_rows(pg_url, "SELECT * FROM consent_event", count=1)
         attempts = await _until_rows(pg_url, "SELECT * FROM consent_attempt", count=1)
         await asyncio.sleep(2.5)  # one more replay pass: it must add nothing
-        events = await _rows(pg_url, "SELECT * FROM consent_event")
-        attempts = await _rows(pg_url, "SELECT * FROM consent_attempt")
+        events = await fetch_rows(pg_url, "SELECT * FROM consent_event")
+        attempts = await fetch_rows(pg_url, "SELECT * FROM consent_attempt")
         pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
         try:
             chain_ok = (await verify_chain(pool)).ok
@@ -160,8 +152,8 @@ def failures(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
             "transfer_blind_agent": transfer_blind_agent,
             "transfer_server_down": transfer_server_down,
         })
-        results["ledger"] = asyncio.run(_rows(tier_db, "SELECT * FROM consent_event"))
-        results["attempts"] = asyncio.run(_rows(tier_db, "SELECT * FROM consent_attempt"))
+        results["ledger"] = asyncio.run(fetch_rows(tier_db, "SELECT * FROM consent_event"))
+        results["attempts"] = asyncio.run(fetch_rows(tier_db, "SELECT * FROM consent_attempt"))
         results["main_log"] = consent_service.log.read_text()
         yield results
     finally:

@@ -26,7 +26,7 @@ from panoramisk import Manager
 
 from agi.config import repo_root
 from agi.ledger import Ledger
-from tests.asterisk.conftest import run_batch
+from tests.asterisk.conftest import fetch_rows, run_batch
 from tests.asterisk.pbx import DIALER_SECRET, Asterisk, CallRecord, Timeline
 from tests.campaign_helpers import consent
 from tests.harness import Serve
@@ -114,14 +114,6 @@ async def _ended(pbx: Asterisk, number: str, count: int = 1, timeout: float = 12
         await asyncio.sleep(0.1)
 
 
-async def _rows(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
-
-
 async def _consents(db: str) -> None:
     pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
     try:
@@ -135,7 +127,7 @@ async def _consents(db: str) -> None:
 
 @pytest.fixture(scope="module")
 def outbound(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve,
-             asterisk_binary: Any) -> Iterator[dict[str, Any]]:
+             ) -> Iterator[dict[str, Any]]:
     home = tier_dir / "outbound"
     home.mkdir(parents=True, exist_ok=True)
     db, port = tier_db, pbx.ami_port
@@ -183,7 +175,7 @@ def outbound(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
             stderr=asyncio.subprocess.STDOUT)
         await _ended(pbx, LISTENS, count=2)
         deadline = time.monotonic() + 30
-        while (await _rows(db, "SELECT count(*) AS n FROM dial_attempt da JOIN campaign c "
+        while (await fetch_rows(db, "SELECT count(*) AS n FROM dial_attempt da JOIN campaign c "
                            "ON c.id = da.campaign_id WHERE c.name = 'tier-b' "
                            "AND da.state NOT IN ('originating', 'answered')"))[0]["n"] < 3:
             assert time.monotonic() < deadline, "campaign B did not settle"
@@ -199,7 +191,7 @@ def outbound(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
     run_batch(pbx, {"campaigns": both})
     for table in ("dial_attempt", "marketing_play", "marketing_refused", "do_not_call",
                   "consent_event"):
-        results[table] = asyncio.run(_rows(db, f"SELECT * FROM {table} ORDER BY 1"))
+        results[table] = asyncio.run(fetch_rows(db, f"SELECT * FROM {table} ORDER BY 1"))
     results["pbx"] = pbx
     yield results
 

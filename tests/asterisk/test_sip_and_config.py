@@ -18,13 +18,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 
 from agi.config import repo_root
-from tests.asterisk.conftest import TOKEN, start_serve
+from tests.asterisk.conftest import TOKEN, fetch_rows, start_serve
 from tests.asterisk.pbx import Asterisk, Binary, Timeline, envsubst, free_port
 
 REPO = repo_root()
@@ -59,15 +57,8 @@ def test_sipp_softphone_opts_in_with_rfc4733_dtmf(
             capture_output=True, text=True, timeout=180, check=False)
         assert out.returncode == 0, out.stdout + out.stderr
 
-        async def events() -> list[dict[str, Any]]:
-            conn = await asyncpg.connect(tier_db)
-            try:
-                return [dict(r) for r in await conn.fetch(
-                    "SELECT * FROM consent_event WHERE number_e164 = '+447400400001'")]
-            finally:
-                await conn.close()
-
-        [event] = asyncio.run(events())
+        [event] = asyncio.run(fetch_rows(
+            tier_db, "SELECT * FROM consent_event WHERE number_e164 = '+447400400001'"))
         assert event["decision"] == "opt_in"
         assert event["channel_name"].startswith("PJSIP/6002-")
         keys = [(d["step"], d["digit"]) for d in json.loads(event["digits"])
