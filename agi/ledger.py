@@ -32,6 +32,7 @@ __all__ = [
     "StoredEvent",
     "apply_migrations",
     "connect_pool",
+    "heard_in_full",
     "migrations_dir",
 ]
 
@@ -150,22 +151,47 @@ async def connect_pool(
 
 @dataclass(frozen=True, slots=True)
 class DigitPress:
-    """One key the caller pressed, at which step, how long after the call started."""
+    """One key the caller pressed, at which step, how long after the call started.
+
+    ``ignored``: pressed while a statement played whole (it counted for nothing, and the
+    record says so rather than losing it).
+    """
 
     step: str
     digit: str
     offset_ms: int
+    ignored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PromptHeard:
-    """One prompt played to the caller (whole or interrupted), with its manifest hash."""
+    """One prompt played to the caller (whole or interrupted), with its manifest hash.
+
+    ``heard_ms`` is how much of it the caller heard, ``length_ms`` how long it is (both
+    ``None`` when unknown: events recorded before they were kept, a manifest without lengths).
+    """
 
     id: str
     lang: str
     sha256: str
     text: str
     interrupted: bool = False
+    heard_ms: int | None = None
+    length_ms: int | None = None
+
+    @property
+    def heard_in_full(self) -> bool | None:
+        """True when played to its end; None when the lengths are unknown."""
+        return heard_in_full(self.interrupted, self.heard_ms, self.length_ms)
+
+
+def heard_in_full(interrupted: bool, heard_ms: int | None, length_ms: int | None) -> bool | None:
+    """Was a prompt heard to its end? ``None`` when its lengths were not recorded."""
+    if interrupted:
+        return False
+    if heard_ms is None or length_ms is None:
+        return None
+    return heard_ms >= length_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +334,13 @@ def _prompt_json(p: PromptHeard) -> str:
     # a call hears prompts from a small catalogue: each (prompt, language, interrupted)
     # is encoded once, not once per decision
     return json.dumps({"id": p.id, "lang": p.lang, "sha256": p.sha256, "text": p.text,
-                       "interrupted": p.interrupted}, ensure_ascii=False)
+                       "interrupted": p.interrupted, "heard_ms": p.heard_ms,
+                       "length_ms": p.length_ms}, ensure_ascii=False)
 
 
 def _digits_json(digits: Sequence[DigitPress]) -> str:
-    return json.dumps([{"step": d.step, "digit": d.digit, "offset_ms": d.offset_ms}
-                       for d in digits])
+    return json.dumps([{"step": d.step, "digit": d.digit, "offset_ms": d.offset_ms,
+                        "ignored": d.ignored} for d in digits])
 
 
 _EVENT_COLUMNS = """id, recorded_at, decided_at, number_e164, organisation, purpose, channel,

@@ -32,10 +32,21 @@ class Prompt:
     sha256: str
     samples: int = 0  # 8 kHz samples, for timeouts; 0 when unknown
 
-    def heard(self, *, interrupted: bool = False) -> PromptHeard:
-        return PromptHeard(
-            id=self.id, lang=self.lang, sha256=self.sha256, text=self.text, interrupted=interrupted
-        )
+    @property
+    def length_ms(self) -> int | None:
+        return self.samples // 8 if self.samples else None
+
+    def heard(self, *, interrupted: bool = False, endpos: int | None = None) -> PromptHeard:
+        """The evidence of one playing: whole, or cut at ``endpos`` (8 kHz samples)."""
+        length_ms = self.length_ms
+        if not interrupted:
+            heard_ms = length_ms
+        elif endpos is not None:
+            heard_ms = endpos // 8 if length_ms is None else min(endpos // 8, length_ms)
+        else:
+            heard_ms = None
+        return PromptHeard(id=self.id, lang=self.lang, sha256=self.sha256, text=self.text,
+                           interrupted=interrupted, heard_ms=heard_ms, length_ms=length_ms)
 
 
 class PromptCatalogue:

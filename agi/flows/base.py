@@ -71,7 +71,8 @@ class Dialogue:
         result = await self.call.channel.stream_file(
             self.prompts.path_for(prompt_id), escape, max_seconds=max_s
         )
-        self.heard.append(prompt.heard(interrupted=result.digit is not None))
+        self.heard.append(prompt.heard(interrupted=result.digit is not None,
+                                       endpos=result.endpos))
         return result.digit
 
     def decision(
@@ -132,7 +133,7 @@ class Dialogue:
         interrupted = result.digit is not None and (
             not prompt.samples or result.endpos < prompt.samples
         )
-        self.heard.append(prompt.heard(interrupted=interrupted))
+        self.heard.append(prompt.heard(interrupted=interrupted, endpos=result.endpos))
         if result.digit is not None:
             self.pressed(step, result.digit)
         return result.digit

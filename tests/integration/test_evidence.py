@@ -66,7 +66,8 @@ async def test_evidence_document(ledger: Ledger, pool: Any) -> None:
     assert [p["id"] for p in first["prompts"]] == ["identify", "question-marketing-calls"]
     assert first["prompts"][0]["text"] == "This is Example Energy."
     assert first["prompts"][0]["sha256"] == "a" * 64
-    assert first["digits"][1] == {"step": "confirm", "digit": "1", "offset_ms": 9100}
+    assert first["digits"][1] == {"step": "confirm", "digit": "1", "offset_ms": 9100,
+                                  "ignored": False}
     assert [a["reason"] for a in ev["attempts"]] == ["caller_hung_up"]
     assert ev["call_sessions"][0]["outcome"] == "opted_out"
     assert ev["call_ids"]["uniqueid"] == ["17000.1", "17000.2", "17000.9"]

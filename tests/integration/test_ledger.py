@@ -57,8 +57,8 @@ async def test_decision_stored_with_all_evidence(ledger: Ledger) -> None:
     assert e is not None and e.id == event_id
     assert e.callerid_name == 'Jane "JJ" Doe'
     assert e.digits == [
-        {"step": "question", "digit": "1", "offset_ms": 5230},
-        {"step": "confirm", "digit": "1", "offset_ms": 9100},
+        {"step": "question", "digit": "1", "offset_ms": 5230, "ignored": False},
+        {"step": "confirm", "digit": "1", "offset_ms": 9100, "ignored": False},
     ]
     assert e.prompts[0]["id"] == "identify" and e.prompts[0]["sha256"] == "ab" * 32
     assert e.linkedid == "1796006581.0" and e.evidence_strength == "caller_id"

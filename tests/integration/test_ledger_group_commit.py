@@ -58,7 +58,8 @@ async def test_concurrent_decisions_are_stored_once_each_and_chained(
         assert row["decision"] == d.decision and row["number_e164"] == d.number_e164
         assert row["decided_at"] == d.decided_at and row["callerid_name"] == 'Jane "JJ" Doe'
         assert json.loads(row["digits"]) == [{"step": "question", "digit": "1",
-                                              "offset_ms": 5230 + int(d.uniqueid.split(".")[1])}]
+                                              "offset_ms": 5230 + int(d.uniqueid.split(".")[1]),
+                                              "ignored": False}]
         assert json.loads(row["prompts"])[0]["text"] == 'Hello "you" \\ é'
     # one chain, in id order, unbroken: the trigger linked the rows of each group in order
     report = await verify_chain(pool)
@@ -131,7 +132,8 @@ async def test_concurrent_attempts_are_stored_once_each(ledger: Ledger, pool: as
                        "callerid_name", "call_started_at", "ended_at", "instance"):
             assert row[column] == getattr(a, column), column
         assert json.loads(row["digits"]) == [{"step": "question", "digit": "1",
-                                              "offset_ms": a.digits[0].offset_ms}]
+                                              "offset_ms": a.digits[0].offset_ms,
+                                              "ignored": False}]
         assert json.loads(row["prompts"])[0]["text"] == 'Hello "you" \\ é'
     # in arrival order: ids rise with the order the attempts were handed in
     assert ids == sorted(i for i in ids if i is not None)

@@ -11,12 +11,15 @@ from agi.ledger import PromptHeard, _prompts_json
 
 _PROMPT = st.builds(PromptHeard, id=st.text(max_size=12), lang=st.sampled_from(["en", "cy"]),
                     sha256=st.text("0123456789abcdef", max_size=64), text=st.text(max_size=40),
-                    interrupted=st.booleans())
+                    interrupted=st.booleans(),
+                    heard_ms=st.none() | st.integers(0, 60_000),
+                    length_ms=st.none() | st.integers(0, 60_000))
 
 
 @given(st.lists(_PROMPT, max_size=6))
 def test_prompts_json_is_json_dumps(prompts: list[PromptHeard]) -> None:
     expected = json.dumps([{"id": p.id, "lang": p.lang, "sha256": p.sha256, "text": p.text,
-                            "interrupted": p.interrupted} for p in prompts], ensure_ascii=False)
+                            "interrupted": p.interrupted, "heard_ms": p.heard_ms,
+                            "length_ms": p.length_ms} for p in prompts], ensure_ascii=False)
     assert _prompts_json(prompts) == expected
     assert _prompts_json(prompts) == expected  # and again, from the memo
