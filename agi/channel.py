@@ -393,11 +393,17 @@ class Channel:
         await self.command("VERBOSE", message, level)
 
     async def stream_file(
-        self, name: str, escape_digits: str = "", *, max_seconds: float = 600.0
+        self, name: str, escape_digits: str = "", *, offset: int = 0, max_seconds: float = 600.0
     ) -> PlaybackResult:
-        """Play ``name``; return the digit that interrupted it. Missing file → AGIAppError."""
+        """Play ``name`` (from ``offset``, in samples); return the digit that interrupted it.
+
+        A missing file raises AGIAppError. ``endpos`` is where playing stopped: resuming
+        from it (``offset=endpos``) plays the rest, as res_agi seeks the stream there.
+        """
+        args: tuple[str | int, ...] = (name, escape_digits, offset) if offset else (
+            name, escape_digits)
         reply = await self.command(
-            "STREAM FILE", name, escape_digits, timeout=max_seconds + self.command_timeout
+            "STREAM FILE", *args, timeout=max_seconds + self.command_timeout
         )
         code = reply.result_int
         if code < 0:

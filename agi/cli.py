@@ -327,6 +327,8 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"  #{e.id} {e.decided_at.isoformat()} {e.decision:<7} {e.method} "
             f"evidence={e.evidence_strength} org={e.organisation!r} uniqueid={e.uniqueid}"
         )
+        if e.decision == "opt_in":
+            print(f"      statement heard in full: {e.statement_heard_in_full}")
     if attempts:
         print(f"  {len(attempts)} call(s) without a decision")
     return 0
@@ -354,7 +356,7 @@ async def cmd_journal(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parse_presses(text: str) -> list[Any]:
-    """``1,1`` → keys per input prompt; ``-`` silence; ``h`` hang up; ``0740…#`` GET DATA."""
+    """``1,-,1`` → keys per input prompt; ``-`` silence; ``h`` hang up; ``0740…#`` GET DATA."""
     from agi.fakeasterisk import HANGUP, SILENCE
 
     out: list[Any] = []
@@ -473,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--route", default="consent?purpose=marketing-calls",
                    help="path and query of the AGI URL")
-    p.add_argument("--press", default="", help="keys, one entry per prompt: e.g. 1,1 or "
-                   "'-' for silence; GET DATA entries take several digits (07400123456#)")
+    p.add_argument("--press", default="", help="keys, one entry per prompt that listens: "
+                   "1,-,1 opts in (1 at the question, silent through the statement, 1 to "
+                   "confirm); '-' is silence, 'h' a hang-up; GET DATA entries take several "
+                   "digits (07400123456#)")
     p.add_argument("--caller-id", default="+447400123456")
     p.add_argument("--caller-name", default="Simulated Caller")
     p.add_argument("--language", default="en")

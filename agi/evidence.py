@@ -20,6 +20,7 @@ from typing import Any, Final
 import asyncpg
 
 from agi.chain import CANONICAL_COLUMNS, SELECT_COLUMNS, canonical, event_hash, verify_chain
+from agi.ledger import statement_heard
 
 __all__ = ["EVIDENCE_FORMAT", "build_evidence", "render_text"]
 
@@ -62,6 +63,7 @@ async def build_evidence(conn: asyncpg.Connection | asyncpg.Pool, number_e164: s
         item = {c: _plain(row[c]) for c in CANONICAL_COLUMNS}
         item["digits"] = json.loads(row["digits"])
         item["prompts"] = json.loads(row["prompts"])
+        item["statement_heard_in_full"] = statement_heard(item["prompts"], row["purpose"])
         item["chain"] = {
             "prev_hash": prev.hex() if prev is not None else None,
             "hash": stored,
@@ -146,13 +148,16 @@ def render_text(ev: dict[str, Any]) -> str:
                      f"caller id {e['callerid_num']!r} name {e['callerid_name']!r}")
         lines.append(f"  call uniqueid={e['uniqueid']} linkedid={e['linkedid']} "
                      f"channel={e['channel_name']}")
+        lines.append(f"  statement heard in full: {e['statement_heard_in_full']}")
         for p in e["prompts"]:
             cut = " (interrupted)" if p.get("interrupted") else ""
-            lines.append(f"  heard {p.get('id')} [{p.get('lang')}] sha256={p.get('sha256')}{cut}")
+            lines.append(f"  heard {p.get('id')} [{p.get('lang')}] sha256={p.get('sha256')}{cut}"
+                         f"{_heard_ms(p)}")
             lines.append(f"        \"{p.get('text')}\"")
         for d in e["digits"]:
+            ignored = " (ignored: during a statement)" if d.get("ignored") else ""
             lines.append(f"  pressed {d.get('digit')!r} at {d.get('step')} "
-                         f"+{d.get('offset_ms')} ms")
+                         f"+{d.get('offset_ms')} ms{ignored}")
         c = e["chain"]
         lines.append(f"  chain: {c['status']}; hash {c['hash']}")
         lines.append(f"         prev {c['prev_hash']}")
@@ -169,3 +174,10 @@ def render_text(ev: dict[str, Any]) -> str:
             lines.append(f"  {s['started_at']} {s['state']} outcome={s['outcome']} "
                          f"route={s['route']} uniqueid={s['uniqueid']} instance={s['instance']}")
     return "\n".join(lines) + "\n"
+
+
+def _heard_ms(p: dict[str, Any]) -> str:
+    """`` heard 3000/25138 ms`` where the lengths were recorded, else nothing."""
+    if p.get("heard_ms") is None or p.get("length_ms") is None:
+        return ""
+    return f" heard {p['heard_ms']}/{p['length_ms']} ms"

@@ -13,9 +13,9 @@ variables, a sounds table, a DTMF/hangup timeline, a virtual clock).
 
 The caller is either
 
-* a **press script** (``presses=["1", "1"]``, ``SILENCE``, ``HANGUP``, ``hangup_after=N``):
-  each command that waits for input consumes the next item, which is the simplest way to
-  drive a call flow; or
+* a **press script** (``presses=["1", SILENCE, "1"]``, ``SILENCE``, ``HANGUP``,
+  ``hangup_after=N``): each command that waits for input (one with escape digits) consumes
+  the next item, which is the simplest way to drive a call flow; or
 * a **timeline** (``timeline=[(2.2, "1"), (5.0, "HANGUP")]``): events at seconds after the
   channel was answered, played against the durations of the sound files, as the
   ``[sender]`` contexts of the transcripts do.
@@ -29,7 +29,7 @@ multi-line burst (Asterisk does not set TCP_NODELAY; replies often arrive ~40 ms
 Pure asyncio, no pytest: usable from other processes and the benchmarks::
 
     fake = FakeAsterisk("127.0.0.1", 4573, network_script="consent?purpose=marketing-calls",
-                        callerid="+447700900123", presses=["1", "1"])
+                        callerid="+447700900123", presses=["1", SILENCE, "1"])
     record = await fake.run()
     record.variables["CONSENT_RESULT"], record.agistatus, record.prompts
 """

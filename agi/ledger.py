@@ -11,7 +11,7 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "connect_pool",
     "heard_in_full",
     "migrations_dir",
+    "statement_heard",
 ]
 
 _Item = TypeVar("_Item")
@@ -194,6 +195,22 @@ def heard_in_full(interrupted: bool, heard_ms: int | None, length_ms: int | None
     return heard_ms >= length_ms
 
 
+def statement_heard(prompts: Sequence[Mapping[str, Any]], purpose: str) -> str:
+    """Was the purpose's statement heard in full on the call that made this decision?
+
+    ``yes``; ``no`` (played, but not to its end); ``unknown`` (played, lengths not recorded:
+    events from before they were kept); ``not played`` (an opt-out needs none; imports and
+    events recorded before statements existed have none).
+    """
+    verdicts = [heard_in_full(bool(p.get("interrupted")), p.get("heard_ms"), p.get("length_ms"))
+                for p in prompts if p.get("id") == f"statement-{purpose}"]
+    if not verdicts:
+        return "not played"
+    if True in verdicts:
+        return "yes"
+    return "no" if False in verdicts else "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class ConsentDecision:
     """Everything recorded with one decision: who, when, how, and what they heard."""
@@ -290,11 +307,17 @@ class StoredEvent:
     source: str
     idempotency_key: str
 
+    @property
+    def statement_heard_in_full(self) -> str:
+        """:func:`statement_heard` of this event's prompts: ``yes`` | ``no`` | …"""
+        return statement_heard(self.prompts, self.purpose)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
+        out["statement_heard_in_full"] = self.statement_heard_in_full
         return out
 
 

@@ -246,7 +246,8 @@ class AGIServer:
                 purpose=call.purpose or params.get("purpose"),
                 number=call.number or env.callerid,
                 prompts=[p.id for p in call.heard],
-                keys="".join([d.digit for d in call.digits]),
+                # a key pressed while a statement played counted for nothing: "1(1)1"
+                keys="".join([f"({d.digit})" if d.ignored else d.digit for d in call.digits]),
                 duration_ms=duration_ms,
                 commit_ms=call.commit_ms,
                 commands=channel.commands_sent,

@@ -102,10 +102,10 @@ class Template:
 #: Each item answers one prompt that waits for a key (the identification takes none: it
 #: always plays whole); None = SILENCE, the prompt times out and is asked again.
 SCRIPTS: dict[str, tuple[list[str | None], int]] = {
-    "opt_in": (["1", "1"], 5),  # 1 at the question, 1 to confirm
-    "opt_in_after_silence": ([None, "1", "1"], 1),  # silent once: no-input, asked again
+    "opt_in": (["1", None, "1"], 5),  # 1 at the question, the statement, 1 to confirm
+    "opt_in_after_silence": ([None, "1", None, "1"], 1),  # silent once: no-input, asked again
     "opt_out": (["2"], 3),
-    "cancel": (["1", "3"], 1),  # no decision: an attempt row, no consent
+    "cancel": (["1", None, "3"], 1),  # no decision: an attempt row, no consent
 }
 
 

@@ -27,10 +27,12 @@ if [ -z "$password" ]; then
     echo "call.sh: set SIPP_PASSWORD to the password of endpoint $user" >&2
     exit 2
 fi
-# Prompt lengths differ by language (sounds/manifest.json): press just after the question.
+# Prompt lengths differ by language (sounds/manifest.json): press just after the question,
+# then just after the confirmation instruction (the purpose's statement plays whole between
+# them; a key pressed during it is recorded as ignored and counts for nothing).
 case "$exten" in
-    7001) first_default=41000 gap_default=14000 ;;
-    *)    first_default=36500 gap_default=12000 ;;
+    7001) first_default=41000 gap_default=31000 ;;
+    *)    first_default=36500 gap_default=26000 ;;
 esac
 first=${SIPP_FIRST_DTMF_MS:-$first_default}
 gap=${SIPP_DTMF_GAP_MS:-$gap_default}

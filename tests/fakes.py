@@ -21,10 +21,15 @@ from agi.fakeasterisk import (
     parse_command_line,
 )
 
+#: a caller who opts in: 1 at the question, silent while the purpose's statement plays whole,
+#: 1 at the confirmation (a second 1 straight away lands in the statement and is ignored)
+OPT_IN = ("1", SILENCE, "1")
+
 __all__ = [
     "DEFAULT_SOUNDS",
     "ENV_ORDER",
     "HANGUP",
+    "OPT_IN",
     "R_511",
     "SILENCE",
     "USAGE",

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from agi.call import Call
 from agi.ledger import AttemptRecord, ConsentDecision, DigitPress, PromptHeard
 from agi.prompts import PromptCatalogue
 
-__all__ = ["CommitResult", "DecisionStore", "Dialogue", "StorageUnavailable"]
+__all__ = ["ALL_KEYS", "CommitResult", "DecisionStore", "Dialogue", "StorageUnavailable"]
+
+#: every keypad key: escape digits that let a prompt see whatever the caller presses
+ALL_KEYS: Final = "0123456789*#"
+#: keys recorded as ignored during one statement; beyond it the rest plays deaf to keys
+#: (Asterisk drops them), so a stuck key cannot keep a statement from ever ending
+MAX_IGNORED_KEYS: Final = 32
 
 
 class StorageUnavailable(Exception):
@@ -116,8 +122,43 @@ class Dialogue:
             call_started_at=call_started_at or self.call.started_at,
         )
 
-    def pressed(self, step: str, digit: str) -> None:
-        self.digits.append(DigitPress(step=step, digit=digit, offset_ms=self.call.offset_ms()))
+    def pressed(self, step: str, digit: str, *, ignored: bool = False) -> None:
+        self.digits.append(DigitPress(step=step, digit=digit, offset_ms=self.call.offset_ms(),
+                                      ignored=ignored))
+
+    async def play_statement(self, prompt_id: str, step: str, stop: str = "") -> str | None:
+        """Play ``prompt_id`` to its end whatever is pressed; return a ``stop`` key that cut it.
+
+        Any other key counts for nothing, yet is not lost: it is recorded ``ignored`` (digit,
+        offset) and the statement resumes where it stopped (STREAM FILE from ``endpos``, which
+        res_agi seeks to), so the evidence shows every word was played before a key could act.
+        ``stop`` is for the opt-out key of an automated call, which must work throughout.
+        """
+        prompt = self.prompts.get(prompt_id, self.lang)
+        path = self.prompts.path_for(prompt_id)
+        offset = ignored = 0
+        while True:
+            escape = ALL_KEYS if ignored < MAX_IGNORED_KEYS else stop
+            left_s = max(prompt.samples - offset, 0) / 8000.0 if prompt.samples else 570.0
+            result = await self.call.channel.stream_file(
+                path, escape, offset=offset, max_seconds=left_s + 30.0
+            )
+            if result.digit is None:
+                break  # played to its end
+            if result.digit in stop:
+                self.heard.append(prompt.heard(interrupted=True, endpos=result.endpos))
+                return result.digit
+            ignored += 1
+            self.pressed(step, result.digit, ignored=True)
+            if prompt.samples and result.endpos >= prompt.samples:
+                break
+            offset = max(offset, result.endpos)
+        self.heard.append(prompt.heard())
+        return None
+
+    def heard_in_full(self, prompt_id: str) -> bool:
+        """Did this call play ``prompt_id`` to its end (at least once)?"""
+        return any(p.id == prompt_id and p.heard_in_full for p in self.heard)
 
     async def ask(self, prompt_id: str, step: str, escape: str, timeout_ms: int) -> str | None:
         """Play ``prompt_id`` (interruptible by ``escape``), then wait for one key.

@@ -4,7 +4,9 @@
 when a live agent transferred the caller in. The rules this flow keeps:
 
 * silence, timeouts, invalid keys, a hangup or any error never record consent;
-* opt-in takes a second positive action (confirm); opt-out takes none;
+* opt-in takes a second positive action (confirm), and only after the purpose's statement
+  (``statement-<purpose>``: who will call, that the calls are automated and recorded, what
+  for) has played whole — keys pressed during it are recorded as ignored; opt-out takes none;
 * the decision is durable (ledger, or the fsync'd journal when the database is
   down) before the caller hears that it was recorded;
 * ``CONSENT_RESULT`` is ``error`` from the first command until the outcome is
@@ -22,7 +24,7 @@ from typing import Final
 from agi import channel_vars as cv
 from agi.call import Call
 from agi.config import Settings
-from agi.flows.base import CommitResult, DecisionStore, Dialogue, StorageUnavailable
+from agi.flows.base import ALL_KEYS, CommitResult, DecisionStore, Dialogue, StorageUnavailable
 from agi.ledger import AttemptRecord
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
@@ -30,11 +32,11 @@ from agi.protocol import AGIAppError, AGIHangup
 
 __all__ = ["PROMPTS", "ConsentFlow"]
 
-ALL_KEYS: Final = "0123456789*#"
 _PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_REPEATS: Final = 5
 
-#: Every prompt this flow can play (``question-<purpose>`` per purpose offered).
+#: Every prompt this flow can play (``question-<purpose>`` and ``statement-<purpose>`` per
+#: purpose offered).
 PROMPTS: Final = (
     "identify",
     "confirm-opt-in",
@@ -54,6 +56,11 @@ PROMPTS: Final = (
 )
 
 METHODS: Final = {"inbound": "ivr_inbound", "agent_transfer": "ivr_agent_transfer"}
+
+
+def _purpose_prompts(purpose: str) -> tuple[str, str]:
+    """What a purpose needs: the question that names it, the statement that explains it."""
+    return f"question-{purpose}", f"statement-{purpose}"
 
 
 class _NoDecision(Exception):
@@ -78,7 +85,7 @@ class ConsentFlow:
         self.store = store
         self.prompts = prompts
         prompts.require(PROMPTS)
-        prompts.require((f"question-{settings.default_purpose}",))
+        prompts.require(_purpose_prompts(settings.default_purpose))
 
     async def __call__(self, call: Call) -> None:
         await self.capture_consent(call)
@@ -94,7 +101,8 @@ class ConsentFlow:
         method_key = call.params.get("method", "inbound")
         number: _Number | None = None
         try:
-            if not _PURPOSE.fullmatch(purpose) or not self.prompts.has(f"question-{purpose}"):
+            if not _PURPOSE.fullmatch(purpose) or not all(
+                    map(self.prompts.has, _purpose_prompts(purpose))):
                 # We cannot tell the caller what they would agree to: ask nothing.
                 raise _NoDecision("unknown_purpose")
             if method_key not in METHODS:
@@ -203,16 +211,22 @@ class ConsentFlow:
             if key == s.key_opt_out:
                 return "opt_out"
             if key == s.key_opt_in:
-                return await self._confirm(dialogue)
+                return await self._confirm(dialogue, purpose)
             tries += 1
             last_problem = "timeout" if key is None else "invalid_keys"
             if tries < s.max_tries:
                 await dialogue.play("no-input" if key is None else "invalid-key")
         raise _NoDecision(last_problem)
 
-    async def _confirm(self, dialogue: Dialogue) -> str:
-        """Opt-in needs a second positive action; anything else cancels."""
+    async def _confirm(self, dialogue: Dialogue, purpose: str) -> str:
+        """Opt-in needs the statement heard whole, then a second positive action.
+
+        A key pressed during the statement (a fast double press included) is recorded as
+        ignored and counts for nothing; the instruction that follows is one GET OPTION, so a
+        key pressed once it starts is never lost. Anything but the confirm key cancels.
+        """
         s = self.settings
+        await dialogue.play_statement(f"statement-{purpose}", "statement")
         for attempt in range(s.max_tries):
             key = await dialogue.ask("confirm-opt-in", "confirm", ALL_KEYS, s.digit_timeout_ms)
             if key == s.key_confirm:
@@ -234,6 +248,10 @@ class ConsentFlow:
         decision: str,
         linkedid: str | None,
     ) -> None:
+        if decision == "opt_in" and not dialogue.heard_in_full(f"statement-{purpose}"):
+            # by construction unreachable (_confirm plays it first); kept so that no later
+            # change to the steps can store an opt-in the caller was not told about
+            raise _NoDecision("statement_not_heard")
         decision_record = dialogue.decision(
             step="decision",
             number_e164=number.e164,

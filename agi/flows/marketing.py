@@ -17,8 +17,9 @@ The rules this flow keeps:
   cannot verify plays nothing and halts the campaign;
 * the opt-out key interrupts every prompt; the opt-out (and, by trigger, the do-not-call entry)
   is durable before the one-line confirmation plays, and the call ends right after it;
-* a campaign with ``reconfirm`` asks, after the opt-out offer and before the campaign audio,
-  for the opt-in to be re-confirmed: the opt-out key is the opt-out above; ``1`` records a fresh
+* a campaign with ``reconfirm`` plays the purpose's statement whole (other keys recorded as
+  ignored; the opt-out key works) and then asks, before the campaign audio, for the opt-in to
+  be re-confirmed: the opt-out key is the opt-out above; ``1`` records a fresh
   opt-in (``ivr_outbound_reconfirm``), durable before the campaign audio starts; silence, or
   a fresh opt-in that cannot be stored, leaves the existing opt-in as it was (silence is never
   consent, and never withdrawal).  The fresh opt-in is written after the playback row: it was
@@ -209,6 +210,12 @@ class MarketingFlow:
                     raise _OptedOut(step, digit)
             reconfirmed = False
             if campaign.reconfirm:
+                # The statement first, whole (the opt-out key still stops the call): the
+                # caller hears what they keep agreeing to before a key can keep it.
+                statement = f"statement-{campaign.purpose}"
+                digit = await dialogue.play_statement(statement, "statement", stop=key)
+                if digit is not None:
+                    raise _OptedOut(statement, digit)
                 digit = await dialogue.ask(
                     "reconfirm", "reconfirm", RECONFIRM_KEY + key, self.settings.digit_timeout_ms
                 )
@@ -287,6 +294,9 @@ class MarketingFlow:
         if f"press {campaign.opt_out_key}" not in prompt.text.lower():
             raise _Refused(_refusal(policy.ERROR, "the opt-out prompt does not name the key"))
         if campaign.reconfirm:
+            if not self.prompts.has(f"statement-{campaign.purpose}"):
+                raise _Refused(_refusal(policy.ERROR, "no statement prompt for purpose "
+                                        f"{campaign.purpose!r} to re-confirm against"))
             text = self.prompts.get("reconfirm", env.language).text.lower()
             if f"press {campaign.opt_out_key}" not in text or f"press {RECONFIRM_KEY}" not in text:
                 raise _Refused(_refusal(policy.ERROR, "the reconfirm prompt does not name the "
@@ -438,6 +448,11 @@ class MarketingFlow:
     async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
         ch = call.channel
+        assert ctx.campaign is not None
+        if not dialogue.heard_in_full(f"statement-{ctx.campaign.purpose}"):
+            # unreachable by the steps above; no fresh opt-in without the statement heard whole
+            log.error("marketing_reconfirm_without_statement")
+            return
         decision = self._decision(
             dialogue, ctx, "marketing-reconfirm", "opt_in", "ivr_outbound_reconfirm"
         )

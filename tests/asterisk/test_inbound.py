@@ -47,13 +47,26 @@ def question(tl: Timeline) -> float:
     return START + tl.length("identify") + INTO
 
 
+def confirmation(tl: Timeline) -> float:
+    """From the opt-in key to INTO seconds into the confirmation (the statement plays whole)."""
+    return tl.length("statement-marketing-calls") + INTO
+
+
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "opt_in_confirmed": dict(cid="+447400100001", script=[(question(EN), "1"), (INTO, "1")]),
+    "opt_in_confirmed": dict(cid="+447400100001",
+                             script=[(question(EN), "1"), (confirmation(EN), "1")]),
     "opt_out": dict(cid="+447400100002", script=[(question(EN), "2")]),
     "silence": dict(cid="+447400100003", script=[]),
     "invalid_then_valid": dict(cid="+447400100004", script=[
         (question(EN), "7"), (EN.length("invalid-key") + INTO, "2")]),
-    "cancel_at_confirm": dict(cid="+447400100005", script=[(question(EN), "1"), (INTO, "5")]),
+    "cancel_at_confirm": dict(cid="+447400100005",
+                              script=[(question(EN), "1"), (confirmation(EN), "5")]),
+    # issue 14: the second 1 lands in the statement, which plays on; nothing confirms it
+    "fast_double_press": dict(cid="+447400100011", script=[(question(EN), "1"), (0.3, "1")]),
+    # keys during the statement are recorded as ignored; it resumes from where it stopped
+    "keys_during_statement": dict(cid="+447400100012", script=[
+        (question(EN), "1"), (3.0, "5"), (3.0, "#"),
+        (EN.length("statement-marketing-calls") - 6.0 + INTO, "1")]),
     "hangup_mid_question": dict(cid="+447400100006", script=[(question(EN) + 1, "H")]),
     "national_caller_id": dict(cid="07400100007", script=[(question(EN), "2")]),
     "withheld_keyed_in": dict(cid="anonymous", pres="prohib", script=[
@@ -143,9 +156,43 @@ def test_opt_in_with_confirmation(inbound: dict[str, Any]) -> None:
     assert event["evidence_strength"] == "caller_id"
     assert _counted_keys(event) == [("question", "1"), ("confirm", "1")]
     heard = [p["id"] for p in event["prompts"]]
-    assert heard[:3] == ["identify", "question-marketing-calls", "confirm-opt-in"]
+    assert heard[:4] == ["identify", "question-marketing-calls", "statement-marketing-calls",
+                         "confirm-opt-in"]
+    statement = event["prompts"][2]
+    assert statement["heard_ms"] == statement["length_ms"] and not statement["interrupted"]
     rec = outcome(inbound, "opt_in_confirmed")
     assert "consent-ivr/opted-in" in rec.prompts_streamed()
+
+
+def test_fast_double_press_cannot_opt_in(inbound: dict[str, Any]) -> None:
+    rec = outcome(inbound, "fast_double_press")
+    assert rec.last("CONSENT_RESULT") == "no_decision", rec.summary()
+    assert rec.last("AGISTATUS") == "SUCCESS"
+    assert not _events(inbound, "+447400100011")
+    [attempt] = _attempts(inbound, "+447400100011")
+    assert (attempt["outcome"], attempt["reason"]) == ("no_decision", "not_confirmed")
+    # Asterisk stopped the statement at the second 1 (STREAM FILE's escape digit): recorded
+    # as ignored, and the statement played on to its end
+    assert [(d["step"], d["digit"], d["ignored"]) for d in attempt["digits"]] == [
+        ("question", "1", False), ("statement", "1", True)]
+    [statement] = [p for p in attempt["prompts"] if p["id"] == "statement-marketing-calls"]
+    assert statement["heard_ms"] == statement["length_ms"]
+    streams = [c for c in rec.agi_commands()
+               if c[:2] == ["STREAM", "FILE"] and c[2].endswith("statement-marketing-calls")]
+    assert len(streams) == 2 and int(streams[1][4]) > 0, streams  # resumed at endpos
+
+
+def test_keys_during_statement_are_recorded_and_it_resumes(inbound: dict[str, Any]) -> None:
+    event = _decided(inbound, "keys_during_statement", "+447400100012", "opt_in")
+    assert [(d["step"], d["digit"], d["ignored"]) for d in event["digits"]] == [
+        ("question", "1", False), ("statement", "5", True), ("statement", "#", True),
+        ("confirm", "1", False)]
+    rec = outcome(inbound, "keys_during_statement")
+    offsets = [int(c[4]) for c in rec.agi_commands()
+               if c[:2] == ["STREAM", "FILE"] and c[2].endswith("statement-marketing-calls")
+               and len(c) > 4]
+    # each resume starts where Asterisk said the last one stopped, about 3 s further on
+    assert len(offsets) == 2 and 20_000 < offsets[0] < offsets[1], offsets
 
 
 def test_opt_out(inbound: dict[str, Any]) -> None:

@@ -47,12 +47,14 @@ def test_sipp_softphone_opts_in_with_rfc4733_dtmf(
     serve = start_serve(tier_db, home / "serve", pbx.agi_port,
                         CONSENT_IVR_INSTANCE="tier-sip")
     try:
-        # 0.6 s to the first prompt, then 2 s into the question; 3 s into the confirmation
+        # 0.6 s to the first prompt, then 2 s into the question; then the statement plays
+        # whole and the second 1 comes 3 s into the confirmation
         first_ms = int((0.6 + EN.length("identify") + 2.0) * 1000)
+        gap_ms = int((EN.length("statement-marketing-calls") + 3.0) * 1000)
         out = subprocess.run(
             ["sh", str(REPO / "sipp" / "call.sh"), "1,1", f"127.0.0.1:{pbx.sip_port}"],
             env={**os.environ, "SIPP_PASSWORD": "customer-6002-pw", "SIPP_EXTEN": "7999",
-                 "SIPP_FIRST_DTMF_MS": str(first_ms), "SIPP_DTMF_GAP_MS": "3000",
+                 "SIPP_FIRST_DTMF_MS": str(first_ms), "SIPP_DTMF_GAP_MS": str(gap_ms),
                  "SIPP_LOCAL_IP": "127.0.0.1"},
             capture_output=True, text=True, timeout=180, check=False)
         assert out.returncode == 0, out.stdout + out.stderr

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from agi.config import Settings
-from tests.fakes import FakeAsterisk
+from tests.fakes import OPT_IN, SILENCE, FakeAsterisk
 from tests.harness import consent_stack, running_server
 
 CALLER = "+447400123456"
@@ -32,7 +32,7 @@ async def _call(settings: Settings, pool: asyncpg.Pool, presses: list[Any]) -> N
 async def test_an_opt_in_is_one_info_line_with_the_decision_and_its_event(
     make_settings: Callable[..., Settings], pool: asyncpg.Pool, json_log: io.StringIO
 ) -> None:
-    await _call(make_settings(), pool, ["1", "1"])
+    await _call(make_settings(), pool, [*OPT_IN])
     lines = _lines(json_log)
     assert [e["event"] for e in lines] == ["call_finished"]  # consent_recorded is debug
     [line] = lines
@@ -43,8 +43,8 @@ async def test_an_opt_in_is_one_info_line_with_the_decision_and_its_event(
     assert line["purpose"] == "marketing-calls"
     assert line["number"] == "+4474001****56"
     assert CALLER not in json_log.getvalue()
-    assert line["prompts"] == ["identify", "question-marketing-calls", "confirm-opt-in",
-                               "opted-in"]
+    assert line["prompts"] == ["identify", "question-marketing-calls",
+                               "statement-marketing-calls", "confirm-opt-in", "opted-in"]
     assert line["keys"] == "11"
     assert line["commands"] >= 8 and line["hung_up"] is False
     assert line["duration_ms"] >= line["commit_ms"] >= 0
@@ -54,11 +54,11 @@ async def test_an_opt_in_is_one_info_line_with_the_decision_and_its_event(
 async def test_a_call_without_a_decision_says_so_in_the_same_line(
     make_settings: Callable[..., Settings], pool: asyncpg.Pool, json_log: io.StringIO
 ) -> None:
-    await _call(make_settings(), pool, ["1", "3"])  # opt in, then cancel
+    await _call(make_settings(), pool, ["1", "5", SILENCE, "3"])  # opt in, a key ignored, cancel
     [line] = _lines(json_log)
     assert line["event"] == "call_finished" and line["outcome"] == "no_decision"
     assert line["decision"] is None and line["event_id"] is None and line["commit_ms"] is None
-    assert line["keys"] == "13" and "cancelled" in line["prompts"]
+    assert line["keys"] == "1(5)3" and "cancelled" in line["prompts"]
     assert line["number"] == "+4474001****56"
 
 

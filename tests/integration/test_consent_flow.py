@@ -13,10 +13,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from agi import resources
 from agi.config import Settings
-from agi.flows.base import CommitResult, StorageUnavailable
+from agi.flows.base import MAX_IGNORED_KEYS, CommitResult, StorageUnavailable
+from agi.flows.consent import ConsentFlow
 from agi.ledger import AttemptRecord, ConsentDecision
-from tests.fakes import HANGUP, SILENCE, CallRecord, FakeAsterisk
+from agi.prompts import PromptCatalogue, PromptError
+from tests.fakes import HANGUP, OPT_IN, SILENCE, CallRecord, FakeAsterisk
 from tests.harness import consent_stack, running_server
 
 CALLER = "+447400123456"
@@ -52,7 +55,7 @@ async def server(settings: Settings, pool: asyncpg.Pool):  # type: ignore[no-unt
 
 
 async def test_opt_in_with_confirmation(server, pool: asyncpg.Pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=["1", "1"], uniqueid="1796006581.1")
+    rec = await call(server.port, presses=OPT_IN, uniqueid="1796006581.1")
     assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
     [event] = await events(pool)
     assert rec.variables["CONSENT_EVENT_ID"] == str(event["id"])
@@ -63,7 +66,9 @@ async def test_opt_in_with_confirmation(server, pool: asyncpg.Pool) -> None:  # 
     steps = [(d["step"], d["digit"]) for d in event["digits"]]
     assert steps == [("question", "1"), ("confirm", "1")]
     assert [p["id"] for p in event["prompts"]] == [
-        "identify", "question-marketing-calls", "confirm-opt-in"]
+        "identify", "question-marketing-calls", "statement-marketing-calls", "confirm-opt-in"]
+    statement = event["prompts"][2]
+    assert statement["heard_ms"] == statement["length_ms"] > 10_000  # heard whole
     manifest = json.loads((server.settings.sounds_dir / "manifest.json").read_text())
     shas = {(p["id"], p["lang"]): p["sha256"] for p in manifest["prompts"]}
     for p in event["prompts"]:
@@ -116,7 +121,7 @@ async def test_identification_plays_whole_before_any_key(server, pool) -> None: 
 
 
 async def test_opt_in_then_cancel_records_nothing(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=["1", "3"])
+    rec = await call(server.port, presses=["1", SILENCE, "3"])
     assert rec.variables["CONSENT_RESULT"] == "no_decision"
     assert await events(pool) == []
     [attempt] = await attempts(pool)
@@ -125,7 +130,7 @@ async def test_opt_in_then_cancel_records_nothing(server, pool) -> None:  # type
 
 
 async def test_repeat_key_plays_the_question_again(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=["*", "1", "1"])
+    rec = await call(server.port, presses=["*", *OPT_IN])
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert rec.prompt_names().count(Q) == 2
 
@@ -168,10 +173,11 @@ async def test_silence_on_confirmation_never_opts_in(server, pool) -> None:  # t
         pytest.param({"hangup_after": 4}, False, id="right-after-answer"),
         pytest.param({"timeline": [(1.0, HANGUP)]}, False, id="during-identification"),
         pytest.param({"presses": [HANGUP]}, False, id="during-question"),
-        pytest.param({"presses": ["1", HANGUP]}, False, id="during-confirmation"),
+        pytest.param({"presses": ["1", HANGUP]}, False, id="during-statement"),
+        pytest.param({"presses": ["1", SILENCE, HANGUP]}, False, id="during-confirmation"),
         pytest.param({"presses": ["*", HANGUP]}, False, id="during-repeat"),
         pytest.param({"presses": ["4", HANGUP]}, False, id="during-invalid-key-reprompt"),
-        pytest.param({"presses": ["1", "1"], "hangup_after": 10}, True,
+        pytest.param({"presses": OPT_IN, "hangup_after": 11}, True,
                      id="during-recorded-prompt"),
         pytest.param({"hangup_after": 0}, False, id="before-first-command"),
     ],
@@ -193,7 +199,7 @@ async def test_hangup_at_each_step(server, pool, caller, stored) -> None:  # typ
 
 async def test_withheld_caller_id_keys_in_number(server, pool) -> None:  # type: ignore[no-untyped-def]
     rec = await call(
-        server.port, callerid="anonymous", presses=["07400123456#", "1", "1", "1"]
+        server.port, callerid="anonymous", presses=["07400123456#", "1", *OPT_IN]
     )
     assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
     [event] = await events(pool)
@@ -229,7 +235,7 @@ async def test_keyed_in_number_never_confirmed(server, pool) -> None:  # type: i
 
 
 async def test_missing_prompt_records_nothing(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, presses=["1", "1"], missing_sounds=[Q])
+    rec = await call(server.port, presses=OPT_IN, missing_sounds=[Q])
     assert rec.variables["CONSENT_RESULT"] == "error"
     assert rec.agistatus == "FAILURE"
     assert await events(pool) == []
@@ -238,8 +244,8 @@ async def test_missing_prompt_records_nothing(server, pool) -> None:  # type: ig
 
 
 async def test_duplicate_delivery_of_the_same_decision(server, pool) -> None:  # type: ignore[no-untyped-def]
-    first = await call(server.port, presses=["1", "1"], uniqueid="1796000000.7")
-    second = await call(server.port, presses=["1", "1"], uniqueid="1796000000.7")
+    first = await call(server.port, presses=OPT_IN, uniqueid="1796000000.7")
+    second = await call(server.port, presses=OPT_IN, uniqueid="1796000000.7")
     assert first.variables["CONSENT_EVENT_ID"] == second.variables["CONSENT_EVENT_ID"] != ""
     assert len(await events(pool)) == 1
 
@@ -260,7 +266,7 @@ async def test_unknown_language_falls_back_to_english(server, pool) -> None:  # 
 
 
 async def test_unknown_purpose_asks_nothing(server, pool) -> None:  # type: ignore[no-untyped-def]
-    rec = await call(server.port, network_script="consent?purpose=holidays", presses=["1", "1"])
+    rec = await call(server.port, network_script="consent?purpose=holidays", presses=OPT_IN)
     assert rec.variables["CONSENT_RESULT"] == "error"
     assert rec.prompt_names() == []
     assert await events(pool) == []
@@ -279,7 +285,7 @@ async def test_agent_transfer_method_is_recorded(server, pool) -> None:  # type:
         server.port,
         network_script="consent?purpose=marketing-calls&method=agent_transfer",
         answered=True,
-        presses=["1", "1"],
+        presses=OPT_IN,
     )
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert rec.prompt_names()[0] == "consent-ivr/transfer-intro"
@@ -300,7 +306,7 @@ async def test_storage_down_without_journal_fails_closed(settings: Settings, poo
 
     flow.store = Down()
     async with running_server(settings, {"consent": flow}) as srv:
-        rec = await call(srv.port, presses=["1", "1"])
+        rec = await call(srv.port, presses=OPT_IN)
     assert rec.variables["CONSENT_RESULT"] == "error"
     assert "consent-ivr/opted-in" not in rec.prompt_names()
     assert rec.prompt_names()[-1] == "consent-ivr/error"
@@ -311,7 +317,7 @@ async def test_custom_keys(make_settings, pool) -> None:  # type: ignore[no-unty
     settings = make_settings(key_opt_in="5", key_opt_out="6", key_confirm="5")
     flow, _, _ = consent_stack(settings, pool)
     async with running_server(settings, {"consent": flow}) as srv:
-        rec = await call(srv.port, presses=["1", "5", "5"])
+        rec = await call(srv.port, presses=["1", "5", SILENCE, "5"])
     assert rec.variables["CONSENT_RESULT"] == "opted_in"
     assert "consent-ivr/invalid-key" in rec.prompt_names()
 
@@ -327,3 +333,97 @@ async def test_hangup_notice_before_reply_is_handled(server, pool) -> None:  # t
 
 async def test_settings_override_is_isolated(settings: Settings) -> None:
     assert replace(settings, key_opt_in="9").key_opt_in == "9"
+
+
+# ------------------------------------------------- the statement is heard whole (issue 14)
+
+def _length_s(prompt_id: str, lang: str = "en") -> float:
+    manifest = json.loads((resources.sounds_dir() / "manifest.json").read_text())
+    [samples] = [p["samples"] for p in manifest["prompts"]
+                 if p["id"] == prompt_id and p["lang"] == lang]
+    return float(samples) / 8000
+
+
+async def test_fast_double_press_cannot_opt_in(server, pool) -> None:  # type: ignore[no-untyped-def]
+    # 1 barges into the question, the second 1 follows 0.3 s later: it lands in the
+    # statement, counts for nothing, and the caller never confirms
+    t = _length_s("identify") + 1.0
+    rec = await call(server.port, timeline=[(t, "1"), (t + 0.3, "1")])
+    assert rec.variables["CONSENT_RESULT"] == "no_decision", rec.dialogue()
+    assert await events(pool) == []
+    [attempt] = await attempts(pool)
+    assert attempt["reason"] == "not_confirmed"
+    digits = json.loads(attempt["digits"])
+    assert [(d["step"], d["digit"], d["ignored"]) for d in digits] == [
+        ("question", "1", False), ("statement", "1", True)]
+    [statement] = [p for p in json.loads(attempt["prompts"])
+                   if p["id"] == "statement-marketing-calls"]
+    assert statement["interrupted"] is False
+    assert statement["heard_ms"] == statement["length_ms"] == int(
+        _length_s("statement-marketing-calls") * 1000)
+
+
+async def test_press_script_double_one_cannot_opt_in(server, pool) -> None:  # type: ignore[no-untyped-def]
+    rec = await call(server.port, presses=["1", "1"])
+    assert rec.variables["CONSENT_RESULT"] == "no_decision"
+    assert await events(pool) == []
+
+
+async def test_keys_during_the_statement_are_recorded_and_it_resumes(server, pool) -> None:  # type: ignore[no-untyped-def]
+    q = _length_s("identify") + 1.0
+    st = _length_s("statement-marketing-calls")
+    confirm_at = q + st + 2.0  # into the confirmation prompt
+    rec = await call(server.port, timeline=[
+        (q, "1"), (q + 2.0, "5"), (q + 6.0, "#"), (q + 9.0, "1"), (confirm_at, "1")])
+    assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
+    [event] = await events(pool)
+    assert [(d["step"], d["digit"], d["ignored"]) for d in event["digits"]] == [
+        ("question", "1", False), ("statement", "5", True), ("statement", "#", True),
+        ("statement", "1", True), ("confirm", "1", False)]
+    offsets = [d["offset_ms"] for d in event["digits"]]
+    assert offsets == sorted(offsets)
+    # what crossed the wire: the statement resumed each time from where it stopped
+    plays = [c for c in rec.commands if "statement-marketing-calls" in c]
+    assert len(plays) == 4
+    assert plays[0].endswith('"0123456789*#"')
+    resumed = [int(c.rsplit(" ", 1)[1]) for c in plays[1:]]
+    assert resumed == sorted(resumed) and resumed[0] > 0
+    [statement] = [p for p in event["prompts"] if p["id"] == "statement-marketing-calls"]
+    assert statement["heard_ms"] == statement["length_ms"] and not statement["interrupted"]
+
+
+async def test_a_stuck_key_cannot_keep_the_statement_from_ending(server, pool) -> None:  # type: ignore[no-untyped-def]
+    q = _length_s("identify") + 1.0
+    confirm_at = q + _length_s("statement-marketing-calls") + 2.0
+    mashed = [(q + 0.5 + 0.1 * i, "5") for i in range(MAX_IGNORED_KEYS + 8)]
+    rec = await call(server.port, timeline=[(q, "1"), *mashed, (confirm_at, "1")])
+    assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
+    [event] = await events(pool)
+    ignored = [d for d in event["digits"] if d["ignored"]]
+    assert len(ignored) == MAX_IGNORED_KEYS
+    plays = [c for c in rec.commands if "statement-marketing-calls" in c]
+    # the 32nd key's stop resumes deaf to keys: the rest plays, the 8 more are Asterisk's to drop
+    assert len(plays) == MAX_IGNORED_KEYS + 1 and '""' in plays[-1]
+    assert rec.dropped_digits == ["5"] * 8
+
+
+async def test_a_purpose_without_a_statement_asks_nothing(settings: Settings, pool) -> None:  # type: ignore[no-untyped-def]
+    prompts = PromptCatalogue.load(settings.sounds_dir)
+    # the question for "marketing-calls" exists, its statement is withheld from the catalogue
+    trimmed = PromptCatalogue({(p.id, p.lang): p for p in prompts
+                               if p.id != "statement-marketing-calls"})
+    with pytest.raises(PromptError, match="statement-marketing-calls"):
+        ConsentFlow(settings, consent_stack(settings, pool)[1], trimmed)
+
+
+async def test_status_and_evidence_say_the_statement_was_heard_in_full(server, pool) -> None:  # type: ignore[no-untyped-def]
+    from agi.evidence import build_evidence, render_text
+    from agi.ledger import Ledger
+
+    await call(server.port, presses=OPT_IN)
+    status = await Ledger(pool).consent_at(CALLER, "marketing-calls", with_history=True)
+    assert status.to_json()["latest"]["statement_heard_in_full"] == "yes"
+    async with pool.acquire() as conn:
+        text = render_text(await build_evidence(conn, CALLER))
+    assert "statement heard in full: yes" in text
+    assert "heard statement-marketing-calls [en]" in text

@@ -391,8 +391,9 @@ async def test_reconfirm_one_records_a_fresh_opt_in_nine_opts_out_silence_change
     keeps, silent, stops = A, B, C
     campaign = await new_campaign(chain, [keeps, silent, stops], max_attempts=1, reconfirm=True)
     prior = {n: await consent(chain.ledger, n) for n in (keeps, silent, stops)}
-    chain.dialplan.presses = lambda n: {keeps: [SILENCE, SILENCE, "1"],
-                                        stops: [SILENCE, SILENCE, "9"]}.get(n, [])
+    # identification, opt-out offer, the statement (heard whole), then the re-confirmation
+    chain.dialplan.presses = lambda n: {keeps: [SILENCE, SILENCE, SILENCE, "1"],
+                                        stops: [SILENCE, SILENCE, SILENCE, "9"]}.get(n, [])
     at_audio: dict[str, list[dict[str, Any]]] = {}
 
     async def look(uniqueid: str, line: str) -> None:  # the campaign audio is on the wire
@@ -402,7 +403,7 @@ async def test_reconfirm_one_records_a_fresh_opt_in_nine_opts_out_silence_change
 
     chain.tap.on("campaign-demo", look)
     assert await chain.run(campaign) == "done"
-    reconfirm = [*IDENTIFY, "reconfirm"]
+    reconfirm = [*IDENTIFY, "statement-marketing-calls", "reconfirm"]
 
     # 1: a fresh opt-in, committed before the campaign audio; this call relied on the prior one
     record = chain.record(keeps)
@@ -415,7 +416,9 @@ async def test_reconfirm_one_records_a_fresh_opt_in_nine_opts_out_silence_change
         "opt_in", "automated_call", ORG, PURPOSE, keeps, "first_party")
     assert fresh["idempotency_key"].startswith(f"{uid}|")
     assert [(d["step"], d["digit"]) for d in json.loads(fresh["digits"])] == [("reconfirm", "1")]
-    assert [p["id"] for p in json.loads(fresh["prompts"])][-1] == "reconfirm"
+    fresh_prompts = json.loads(fresh["prompts"])
+    assert [p["id"] for p in fresh_prompts][-2:] == ["statement-marketing-calls", "reconfirm"]
+    assert fresh_prompts[-2]["heard_ms"] == fresh_prompts[-2]["length_ms"]  # heard whole
     assert record.variables["CONSENT_EVENT_ID"] == str(fresh["id"])
     plays = {r["number_e164"]: r for r in await rows(chain.pool, "SELECT * FROM marketing_play")}
     assert (plays[keeps]["consent_event_id"], plays[keeps]["consent_verified"],
@@ -454,6 +457,37 @@ async def test_reconfirm_one_records_a_fresh_opt_in_nine_opts_out_silence_change
     assert await chain.pool.fetchval(
         "SELECT consent_event_id FROM marketing_play WHERE campaign_id = $1", later.id
     ) == fresh["id"]
+
+
+async def test_reconfirm_statement_ignores_one_and_stops_on_nine(chain: Chain) -> None:
+    """During the statement a 1 counts for nothing (recorded as ignored); 9 still opts out."""
+    hasty, stops = A, B
+    campaign = await new_campaign(chain, [hasty, stops], max_attempts=1, reconfirm=True)
+    prior = {n: await consent(chain.ledger, n) for n in (hasty, stops)}
+    chain.dialplan.presses = lambda n: {hasty: [SILENCE, SILENCE, "1", SILENCE, SILENCE],
+                                        stops: [SILENCE, SILENCE, "9"]}.get(n, [])
+    assert await chain.run(campaign) == "done"
+
+    # the 1 pressed into the statement kept nothing: no fresh opt-in, the prior one stands
+    record = chain.record(hasty)  # the statement stopped at the 1, then resumed to its end
+    assert heard(record) == [*IDENTIFY, "statement-marketing-calls",
+                             "statement-marketing-calls", "reconfirm", "campaign-demo", "goodbye"]
+    assert await rows(chain.pool, "SELECT id FROM consent_event WHERE method = "
+                      "'ivr_outbound_reconfirm'") == []
+    plays = {r["number_e164"]: r for r in await rows(chain.pool, "SELECT * FROM marketing_play")}
+    assert plays[hasty]["consent_event_id"] == prior[hasty]
+    prompts = json.loads(plays[hasty]["prompts"])
+    assert [p["id"] for p in prompts if p["id"].startswith("statement-")] == [
+        "statement-marketing-calls"]
+
+    # 9 during the statement is the opt-out, as during every other prompt
+    record = chain.record(stops)
+    assert heard(record) == [*IDENTIFY, "statement-marketing-calls", "marketing-opted-out"]
+    [out] = await rows(chain.pool, "SELECT * FROM consent_event WHERE decision = 'opt_out'")
+    assert out["number_e164"] == stops
+    assert [(d["step"], d["digit"], d["ignored"]) for d in json.loads(out["digits"])] == [
+        ("statement-marketing-calls", "9", False)]
+    assert stops not in plays
 
 
 async def test_reconfirm_needs_an_opt_out_key_other_than_one(chain: Chain) -> None:

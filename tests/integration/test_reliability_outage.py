@@ -41,12 +41,12 @@ from agi.prompts import PromptCatalogue
 from agi.server import AGIServer
 from agi.store import CallSessions, LedgerStore, replay_journal
 from tests.campaign_helpers import consent, fresh_lists, make_campaign
-from tests.fakes import SILENCE, CallRecord, FakeAsterisk
+from tests.fakes import OPT_IN, SILENCE, CallRecord, FakeAsterisk
 
 FIGURES: dict[str, int] = {}
 
 SCRIPTS: list[tuple[str, list[Any]]] = [
-    ("opt_in", [SILENCE, "1", "1"]),
+    ("opt_in", [SILENCE, *OPT_IN]),
     ("opt_out", [SILENCE, "2"]),
     ("opt_out", ["2"]),  # during the identification
     ("none", [SILENCE, "7", SILENCE, SILENCE]),  # invalid key then silence: no decision
@@ -260,7 +260,7 @@ async def test_database_down_and_journal_disk_full_never_confirms(
         recs = await asyncio.gather(*(
             FakeAsterisk("127.0.0.1", server.port, uniqueid=f"1900000000.{i}",
                          callerid="+447400300000", presses=presses).run()
-            for i, presses in enumerate([[SILENCE, "1", "1"], ["2"]])))
+            for i, presses in enumerate([[SILENCE, *OPT_IN], ["2"]])))
     finally:
         await server.drain(timeout=2)
         await asyncio.to_thread(own_pg.start)

@@ -2,7 +2,7 @@
 
 Builds the sdist and, from it, the wheel (``python -m build``, offline: the backend is a
 test dependency), installs the wheel into a new venv and runs ``migrate``, ``serve``,
-``simulate-call --press 1,1`` and ``status`` from directories that are not the checkout.
+``simulate-call --press 1,-,1`` and ``status`` from directories that are not the checkout.
 The wheel's dependencies are borrowed from this venv by a ``.pth`` line (no download in
 CI); a ``.pth`` line adds a directory without running the ``.pth`` files inside it, so
 the editable install's path to the checkout stays out and ``import agi`` can only find
@@ -164,7 +164,7 @@ def _in_service(serve: subprocess.Popen[str], run: Any, home: Path, env: dict[st
     assert runtime["pid"] == serve.pid and runtime["port"] == int(env["CONSENT_IVR_PORT"])
 
     # from another directory, no --port: the runtime file says where the service is
-    call = run("simulate-call", "--press", "1,1", "--caller-id", NUMBER, cwd=elsewhere)
+    call = run("simulate-call", "--press", "1,-,1", "--caller-id", NUMBER, cwd=elsewhere)
     assert call.returncode == 0, call.stderr
     assert "consent-ivr/opted-in" in call.stdout and "CONSENT_RESULT" in call.stdout
 
