@@ -66,7 +66,8 @@ def required_prompt_ids(settings: Settings) -> tuple[str, ...]:
     """Every prompt id the flows play: ``serve`` refuses a manifest without one of them."""
     from agi.flows import consent, marketing
 
-    ids = (*consent.PROMPTS, f"question-{settings.default_purpose}", *marketing.PROMPTS)
+    ids = (*consent.PROMPTS, *consent.purpose_prompts(settings.default_purpose),
+           *marketing.PROMPTS)
     return tuple(dict.fromkeys(ids))
 
 

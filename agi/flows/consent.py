@@ -30,7 +30,7 @@ from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
 
-__all__ = ["PROMPTS", "ConsentFlow"]
+__all__ = ["PROMPTS", "ConsentFlow", "purpose_prompts"]
 
 _PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_REPEATS: Final = 5
@@ -58,7 +58,7 @@ PROMPTS: Final = (
 METHODS: Final = {"inbound": "ivr_inbound", "agent_transfer": "ivr_agent_transfer"}
 
 
-def _purpose_prompts(purpose: str) -> tuple[str, str]:
+def purpose_prompts(purpose: str) -> tuple[str, str]:
     """What a purpose needs: the question that names it, the statement that explains it."""
     return f"question-{purpose}", f"statement-{purpose}"
 
@@ -85,7 +85,7 @@ class ConsentFlow:
         self.store = store
         self.prompts = prompts
         prompts.require(PROMPTS)
-        prompts.require(_purpose_prompts(settings.default_purpose))
+        prompts.require(purpose_prompts(settings.default_purpose))
 
     async def __call__(self, call: Call) -> None:
         await self.capture_consent(call)
@@ -102,7 +102,7 @@ class ConsentFlow:
         number: _Number | None = None
         try:
             if not _PURPOSE.fullmatch(purpose) or not all(
-                    map(self.prompts.has, _purpose_prompts(purpose))):
+                    map(self.prompts.has, purpose_prompts(purpose))):
                 # We cannot tell the caller what they would agree to: ask nothing.
                 raise _NoDecision("unknown_purpose")
             if method_key not in METHODS:
