@@ -382,3 +382,27 @@ async def test_a_play_without_verified_consent_counts_and_halts(stack: Stack) ->
     assert prompts(record) == []
 
 
+
+
+# ------------------------------------------------------------------------- re-confirmation
+
+
+async def test_reconfirm_without_a_statement_for_the_purpose_plays_nothing(
+    stack: Stack,
+) -> None:
+    """A campaign that re-confirms must first tell the callee what they keep agreeing to."""
+    flow = stack.server.routes["marketing"]
+    assert isinstance(flow, marketing_module.MarketingFlow)
+    flow.prompts = PromptCatalogue({(p.id, p.lang): p for p in flow.prompts
+                                    if not p.id.startswith("statement-")})
+    campaign = await make_campaign(stack.store, name="reconfirming", reconfirm=True)
+    await stack.store.import_contacts(campaign, "07400123401\n")
+    await consent(stack.ledger, NUMBER)
+    claim = await stack.store.claim_next(campaign.id, "w1", timedelta(minutes=5))
+    assert claim.job is not None
+    record = await stack.call(attempt=claim.job.attempt_id, campaign=str(campaign.id))
+    assert prompts(record) == []
+    assert record.variables["CONSENT_RESULT"] == "refused"
+    assert record.variables["CONSENT_REFUSAL_REASON"] == "error"
+    [(number, reason)] = await refused_rows(stack.store.pool)
+    assert number == NUMBER and reason == "error"
