@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 import shutil
 import stat
@@ -851,3 +852,21 @@ def test_asterisk_entrypoint_renders_loadable_configuration(tmp_path: Path) -> N
     [user] = parse_conf(etc / "manager_consent.conf").sections
     assert user.get("secret") == [secrets["CONSENT_IVR_AMI_SECRET"]]
     assert (sounds / "cy" / "consent-ivr" / "identify.wav").is_file()
+
+
+def test_softphone_key_timings_fit_the_prompts_of_each_language() -> None:
+    """call.sh's default waits press after the question, then after the statement (which
+    plays whole) and into the confirmation: a gap shorter than the statement would put the
+    second key into it, where it is ignored, and the demo call would never opt in."""
+    text = (ROOT / "sipp" / "call.sh").read_text(encoding="utf-8")
+    manifest = json.loads((ROOT / "sounds" / "manifest.json").read_text(encoding="utf-8"))
+    secs = {(p["id"], p["lang"]): p["samples"] / 8000 for p in manifest["prompts"]}
+    timeout_s = 5.0  # CONSENT_IVR_DIGIT_TIMEOUT_MS default: the wait after each prompt
+    for exten, lang in (("7001", "cy"), (r"\*", "en")):
+        m = re.search(exten + r"\)\s+first_default=(\d+) gap_default=(\d+)", text)
+        assert m, f"call.sh has no defaults for {exten}"
+        first, gap = int(m[1]) / 1000, int(m[2]) / 1000
+        question_end = 0.6 + secs[("identify", lang)] + secs[("question-marketing-calls", lang)]
+        assert question_end < first < question_end + timeout_s, (lang, first)
+        confirm_end = secs[("statement-marketing-calls", lang)] + secs[("confirm-opt-in", lang)]
+        assert confirm_end < gap < confirm_end + timeout_s, (lang, gap)
