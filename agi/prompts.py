@@ -32,6 +32,13 @@ class Prompt:
     sha256: str
     samples: int = 0  # 8 kHz samples, for timeouts; 0 when unknown
 
+    def deadline_s(self, offset: int = 0) -> float:
+        """How long a command playing this prompt from ``offset`` (samples) may take: what
+        is left of it, plus 30 s of slack for Asterisk; 600 s when its length is unknown."""
+        if not self.samples:
+            return 600.0
+        return max(self.samples - offset, 0) / 8000.0 + 30.0
+
     @property
     def length_ms(self) -> int | None:
         return self.samples // 8 if self.samples else None

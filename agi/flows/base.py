@@ -73,9 +73,8 @@ class Dialogue:
         caller did not hear it, so the flow must not go on as if they had.
         """
         prompt = self.prompts.get(prompt_id, self.lang)
-        max_s = max(prompt.samples / 8000.0, 0.0) + 30.0 if prompt.samples else 600.0
         result = await self.call.channel.stream_file(
-            self.prompts.path_for(prompt_id), escape, max_seconds=max_s
+            self.prompts.path_for(prompt_id), escape, max_seconds=prompt.deadline_s()
         )
         self.heard.append(prompt.heard(interrupted=result.digit is not None,
                                        endpos=result.endpos))
@@ -139,9 +138,8 @@ class Dialogue:
         offset = ignored = 0
         while True:
             escape = ALL_KEYS if ignored < MAX_IGNORED_KEYS else stop
-            left_s = max(prompt.samples - offset, 0) / 8000.0 if prompt.samples else 570.0
             result = await self.call.channel.stream_file(
-                path, escape, offset=offset, max_seconds=left_s + 30.0
+                path, escape, offset=offset, max_seconds=prompt.deadline_s(offset)
             )
             if result.digit is None:
                 break  # played to its end
@@ -167,9 +165,8 @@ class Dialogue:
         commands is lost by Asterisk (transcript 29), so the wait must not have a gap.
         """
         prompt = self.prompts.get(prompt_id, self.lang)
-        max_s = prompt.samples / 8000.0 + 30.0 if prompt.samples else 600.0
         result = await self.call.channel.get_option(
-            self.prompts.path_for(prompt_id), escape, timeout_ms, max_seconds=max_s
+            self.prompts.path_for(prompt_id), escape, timeout_ms, max_seconds=prompt.deadline_s()
         )
         interrupted = result.digit is not None and (
             not prompt.samples or result.endpos < prompt.samples

@@ -178,7 +178,7 @@ class ConsentFlow:
             prompt = self.prompts.get("enter-number", dialogue.lang)
             got = await ch.get_data(
                 self.prompts.path_for("enter-number"), s.digit_timeout_ms, 15,
-                max_seconds=prompt.samples / 8000.0 + 30.0 if prompt.samples else 600.0,
+                max_seconds=prompt.deadline_s(),
             )
             dialogue.heard.append(prompt.heard(interrupted=bool(got.digits)))
             if got.digits:
