@@ -44,6 +44,7 @@ from panoramisk import Manager
 from agi import channel_vars as cv
 from agi.campaigns import DB_ERRORS, CampaignStore, DialJob
 from agi.gate import JournalUnreadable, journal_opt_outs
+from agi.logconfig import error_summary
 
 __all__ = ["AmiClient", "AmiError", "Dialer", "DialerConfig"]
 
@@ -304,7 +305,7 @@ class Dialer:
         try:
             await self.store.mark_answered(call.job.attempt_id, call.uniqueid)
         except Exception as exc:  # noqa: BLE001 -- the hang-up will still close it
-            log.warning("dial_answer_not_stored", error=str(exc)[:200])
+            log.warning("dial_answer_not_stored", error=error_summary(exc))
 
     def _on_disconnect(self) -> None:
         self.metrics.ami_connected(False)
@@ -422,7 +423,7 @@ class Dialer:
                          state=call.state, contact_state=state)
                 return
             except DB_ERRORS as exc:
-                log.warning("dial_attempt_not_closed", error=str(exc)[:200])
+                log.warning("dial_attempt_not_closed", error=error_summary(exc))
         # The lease runs out and the reaper closes it as unknown.
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
@@ -434,7 +435,7 @@ class Dialer:
             try:
                 await self.store.renew_leases(ids, self.config.worker, self.config.lease)
             except DB_ERRORS as exc:
-                log.warning("dial_lease_not_renewed", error=str(exc)[:200])
+                log.warning("dial_lease_not_renewed", error=error_summary(exc))
 
     # ----------------------------------------------------------------- the loop
 
@@ -484,7 +485,7 @@ class Dialer:
                 await self._pause(cfg.poll_s, stop)
                 continue
             except DB_ERRORS as exc:
-                log.warning("dialer_database_unavailable", error=str(exc)[:200])
+                log.warning("dialer_database_unavailable", error=error_summary(exc))
                 await self._pause(cfg.poll_s, stop)
                 continue
             if claim.decision is not None:
@@ -529,7 +530,7 @@ class Dialer:
             try:
                 campaigns = await self.store.active_campaigns()
             except DB_ERRORS as exc:
-                log.warning("dialer_database_unavailable", error=str(exc)[:200])
+                log.warning("dialer_database_unavailable", error=error_summary(exc))
                 campaigns = []
             for c in campaigns:
                 task = running.get(c.id)

@@ -20,7 +20,15 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "flush_logs", "mask_number", "mask_numbers"]
+__all__ = ["configure_logging", "error_summary", "flush_logs", "mask_number", "mask_numbers"]
+
+#: how much of an exception's text a log line or a stored detail carries
+ERROR_SUMMARY_CHARS = 200
+
+
+def error_summary(exc: BaseException) -> str:
+    """An exception for a log line: its text (its type's name when it has none), cut short."""
+    return (str(exc) or type(exc).__name__)[:ERROR_SUMMARY_CHARS]
 
 # What a phone number looks like in our logs: E.164 (+ and 7-15 digits) or a national
 # number of 9-15 digits, standing alone (not part of a uniqueid like 1796006581.1,

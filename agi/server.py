@@ -24,6 +24,7 @@ from agi import channel_vars as cv
 from agi.call import Call, RouteHandler
 from agi.channel import AGIStream, Channel
 from agi.config import Settings
+from agi.logconfig import error_summary
 from agi.protocol import AGIEnv, AGIError, AGIHangup, HeaderError
 
 __all__ = ["AGIServer"]
@@ -186,7 +187,7 @@ class AGIServer:
             env = await stream.read_env(self.settings.header_timeout)
         except (TimeoutError, HeaderError, ConnectionError, OSError) as exc:
             reason = "header_timeout" if isinstance(exc, TimeoutError) else "bad_header"
-            self._refuse(stream, reason, error=str(exc)[:200])
+            self._refuse(stream, reason, error=error_summary(exc))
             return
         if not self._token_ok(env):
             self._refuse(stream, "bad_token")

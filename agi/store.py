@@ -17,6 +17,7 @@ import structlog
 from agi.flows.base import CommitResult, StorageUnavailable
 from agi.journal import Journal, JournalError
 from agi.ledger import AttemptRecord, ConsentDecision, Ledger, LedgerUnavailable
+from agi.logconfig import error_summary
 
 if TYPE_CHECKING:
     from agi.call import Call
@@ -65,9 +66,9 @@ class LedgerStore:
             return CommitResult(event_id=event_id, created=created)
         except Exception as exc:
             if is_data_error(exc):
-                log.error("decision_rejected", error=str(exc)[:200])
+                log.error("decision_rejected", error=error_summary(exc))
                 raise StorageUnavailable(str(exc)) from exc
-            log.warning("ledger_unavailable", error=str(exc)[:200] or type(exc).__name__,
+            log.warning("ledger_unavailable", error=error_summary(exc),
                         step="commit_decision")
             if self.journal is None:
                 raise StorageUnavailable(str(exc)) from exc
@@ -76,7 +77,7 @@ class LedgerStore:
             data["source"] = "journal"
             await asyncio.to_thread(self.journal.append, "decision", data)
         except JournalError as exc:
-            log.error("journal_unavailable", error=str(exc)[:200])
+            log.error("journal_unavailable", error=error_summary(exc))
             raise StorageUnavailable(str(exc)) from exc
         self.journaled_total += 1
         if self.metrics:
@@ -91,9 +92,9 @@ class LedgerStore:
             return
         except Exception as exc:  # noqa: BLE001 - best effort: attempts are audit only
             if is_data_error(exc):
-                log.error("attempt_rejected", error=str(exc)[:200])
+                log.error("attempt_rejected", error=error_summary(exc))
                 return
-            log.warning("ledger_unavailable", error=str(exc)[:200] or type(exc).__name__,
+            log.warning("ledger_unavailable", error=error_summary(exc),
                         step="record_attempt")
         if self.journal is None:
             return
@@ -104,7 +105,7 @@ class LedgerStore:
         try:
             await asyncio.to_thread(self.journal.append, "attempt", data)
         except JournalError as exc:
-            log.error("journal_unavailable", error=str(exc)[:200])
+            log.error("journal_unavailable", error=error_summary(exc))
 
 
 async def replay_journal(ledger: Ledger, journal: Journal) -> dict[str, int]:
@@ -255,7 +256,7 @@ class CallSessions:
                 async with self.pool.acquire(timeout=self.timeout) as conn:
                     await self._write(conn, list(new.values()), ends, ended)
             except Exception as exc:  # noqa: BLE001 - bookkeeping must never break a call
-                log.warning("call_sessions_unsaved", error=str(exc)[:200] or type(exc).__name__,
+                log.warning("call_sessions_unsaved", error=error_summary(exc),
                             pending=len(new) + len(ended))
                 # put back, oldest first (a call may have ended meanwhile: the newer wins)
                 starts.extend(self._starts)
@@ -393,8 +394,8 @@ async def recover_at_start(ledger: Ledger, journal: Journal, sessions: CallSessi
         if counts["files"]:
             log.info("journal_replayed", **counts)
     except Exception as exc:  # noqa: BLE001 - the running replayer retries every 2 s
-        log.warning("journal_replay_deferred", error=str(exc)[:200] or type(exc).__name__)
+        log.warning("journal_replay_deferred", error=error_summary(exc))
     try:
         await sessions.recover()
     except Exception as exc:  # noqa: BLE001 - serving matters more than bookkeeping
-        log.warning("call_recovery_failed", error=str(exc)[:200] or type(exc).__name__)
+        log.warning("call_recovery_failed", error=error_summary(exc))

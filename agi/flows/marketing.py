@@ -45,6 +45,7 @@ from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback
 from agi.ledger import AttemptRecord, ConsentDecision
+from agi.logconfig import ERROR_SUMMARY_CHARS, error_summary
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
@@ -269,7 +270,8 @@ class MarketingFlow:
         except JournalUnreadable as exc:
             raise _Refused(_refusal(policy.ERROR, str(exc))) from None
         except Exception as exc:  # noqa: BLE001 -- database down, slow or odd: fail closed
-            log.warning("marketing_gate_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            log.warning("marketing_gate_failed",
+                        error=f"{type(exc).__name__}: {error_summary(exc)}")
             raise _Refused(_refusal(policy.ERROR, f"{type(exc).__name__}: {exc}")) from None
 
     async def _gate_unbounded(self, call: Call, ctx: _Context) -> ContactFacts:
@@ -383,7 +385,8 @@ class MarketingFlow:
         env = call.env
         call.outcome = cv.RESULT_REFUSED
         self.metrics.marketing_refused(decision.reason)
-        log.info("marketing_refused", reason=decision.reason, detail=decision.detail[:200])
+        log.info("marketing_refused", reason=decision.reason,
+                 detail=decision.detail[:ERROR_SUMMARY_CHARS])
         key = f"{env.uniqueid or call.call_id}|marketing|refused"
         campaign_id = ctx.campaign.id if ctx.campaign else None
         try:
@@ -399,7 +402,7 @@ class MarketingFlow:
                 idempotency_key=key,
             )
         except Exception as exc:  # noqa: BLE001 -- keep the evidence in the journal instead
-            log.warning("marketing_refusal_not_stored", error=str(exc)[:200])
+            log.warning("marketing_refusal_not_stored", error=error_summary(exc))
             await self.store.record_attempt(
                 AttemptRecord(
                     route=call.route,
@@ -506,7 +509,7 @@ class MarketingFlow:
             try:
                 await self.campaigns.finish_play(ctx.play_id, status, _prompts_json(dialogue))
             except Exception as exc:  # noqa: BLE001
-                log.warning("marketing_play_not_updated", error=str(exc)[:200])
+                log.warning("marketing_play_not_updated", error=error_summary(exc))
         await self._attempt_result(ctx, result)
 
     async def _attempt_result(self, ctx: _Context, result: str) -> None:
@@ -515,7 +518,7 @@ class MarketingFlow:
         try:
             await self.campaigns.set_attempt_result(ctx.attempt_id, result)
         except Exception as exc:  # noqa: BLE001
-            log.warning("dial_attempt_result_not_stored", error=str(exc)[:200])
+            log.warning("dial_attempt_result_not_stored", error=error_summary(exc))
 
 
 def _prompts_json(dialogue: Dialogue) -> str:
