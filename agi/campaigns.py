@@ -37,7 +37,7 @@ import phonenumbers
 
 from agi import policy
 from agi.gate import CAMPAIGN_BLOCKING, PERMANENT, decide_dial
-from agi.ledger import LedgerUnavailable
+from agi.ledger import DB_UNAVAILABLE, LedgerUnavailable
 
 __all__ = [
     "LISTS",
@@ -63,15 +63,6 @@ _NUMBER_HEADERS: Final = frozenset(
     {"number", "phone", "phone_number", "msisdn", "telephone", "tel"}
 )
 
-# What the database driver raises when the database is unreachable or too slow.
-DB_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-)
 
 
 class CampaignError(Exception):
@@ -1294,7 +1285,7 @@ class CampaignStore:
 
 def db_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means "the database did not answer" (fail closed, not a bug)."""
-    return isinstance(exc, (*DB_ERRORS, LedgerUnavailable, asyncpg.PostgresError))
+    return isinstance(exc, (*DB_UNAVAILABLE, LedgerUnavailable, asyncpg.PostgresError))
 
 
 def read_lines(path: Path) -> Iterator[str]:

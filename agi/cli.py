@@ -115,7 +115,7 @@ async def open_database(
     """
     import asyncpg
 
-    from agi.ledger import connect_pool
+    from agi.ledger import DB_UNAVAILABLE, connect_pool
     from agi.ledger import migrate as migrate_db
 
     with database_url(settings, create=migrate) as url:
@@ -123,7 +123,7 @@ async def open_database(
             pool = await connect_pool(
                 url, min_size=1, max_size=settings.db_pool_max, timeout=settings.db_timeout
             )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise CommandError(f"cannot connect to the database: {exc}") from exc
         try:
             if migrate:
@@ -289,12 +289,12 @@ async def _verify_chain_forever(
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from agi.ledger import migrate
+    from agi.ledger import DB_UNAVAILABLE, migrate
 
     with database_url(settings, create=True) as url:
         try:
             applied = await migrate(url, timeout=settings.db_timeout)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise CommandError(f"cannot connect to the database: {exc}") from exc
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0

@@ -42,8 +42,9 @@ import structlog
 from panoramisk import Manager
 
 from agi import channel_vars as cv
-from agi.campaigns import DB_ERRORS, CampaignStore, DialJob
+from agi.campaigns import CampaignStore, DialJob
 from agi.gate import JournalUnreadable, journal_opt_outs
+from agi.ledger import DB_UNAVAILABLE
 from agi.logconfig import error_summary
 
 __all__ = ["AmiClient", "AmiError", "Dialer", "DialerConfig"]
@@ -422,7 +423,7 @@ class Dialer:
                 log.info("dial_attempt_finished", attempt=call.job.attempt_id,
                          state=call.state, contact_state=state)
                 return
-            except DB_ERRORS as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("dial_attempt_not_closed", error=error_summary(exc))
         # The lease runs out and the reaper closes it as unknown.
 
@@ -434,7 +435,7 @@ class Dialer:
             ids = [c.job.contact_id for c in self.calls.values()]
             try:
                 await self.store.renew_leases(ids, self.config.worker, self.config.lease)
-            except DB_ERRORS as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("dial_lease_not_renewed", error=error_summary(exc))
 
     # ----------------------------------------------------------------- the loop
@@ -484,7 +485,7 @@ class Dialer:
                 log.error("dialer_journal_unreadable", error=str(exc))
                 await self._pause(cfg.poll_s, stop)
                 continue
-            except DB_ERRORS as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("dialer_database_unavailable", error=error_summary(exc))
                 await self._pause(cfg.poll_s, stop)
                 continue
@@ -529,7 +530,7 @@ class Dialer:
         while not stop.is_set():
             try:
                 campaigns = await self.store.active_campaigns()
-            except DB_ERRORS as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("dialer_database_unavailable", error=error_summary(exc))
                 campaigns = []
             for c in campaigns:

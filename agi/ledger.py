@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import asyncpg
 
 from agi import resources
 
 __all__ = [
+    "DB_UNAVAILABLE",
     "AttemptRecord",
     "ConsentDecision",
     "ConsentStatus",
@@ -427,9 +428,17 @@ _RECORD_DECISIONS_SQL = """
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key"""
 
-#: errors meaning "the database could not confirm the write" (never "the data is wrong")
-_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.exceptions.CannotConnectNowError)
+#: What the driver raises when the database is unreachable, too slow, or cancelled the
+#: statement: "the database could not confirm it" (never "the data is wrong"). The one tuple
+#: every caller uses: a decision then goes to the journal, a dialer backs off, a gate refuses.
+DB_UNAVAILABLE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.QueryCanceledError,
+)
 #: most decisions one group commit carries (one statement, one WAL flush): large, because
 #: a loaded event loop takes long to come back to the committer, and everything that
 #: queued meanwhile should go in the next statement, not wait for several more
@@ -534,7 +543,7 @@ class _GroupWriter(Generic[_Item, _Result]):
     async def _group(self, batch: list[tuple[_Item, asyncio.Future[_Result]]]) -> None:
         try:
             results = await self._many([item for item, _ in batch])
-        except _UNAVAILABLE as exc:
+        except DB_UNAVAILABLE as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(LedgerUnavailable(str(exc) or type(exc).__name__))
@@ -619,7 +628,7 @@ class Ledger:
     async def _record_one(self, d: ConsentDecision) -> tuple[int, bool]:
         try:
             return await self._insert(self.pool, d)
-        except _UNAVAILABLE as exc:
+        except DB_UNAVAILABLE as exc:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def record_attempt(self, a: AttemptRecord) -> int | None:
@@ -631,7 +640,7 @@ class Ledger:
         """A lone attempt: the group statement with one row."""
         try:
             return (await self._attempt_group([a]))[0]
-        except _UNAVAILABLE as exc:
+        except DB_UNAVAILABLE as exc:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _attempt_group(self, batch: list[AttemptRecord]) -> dict[int, int | None]:
