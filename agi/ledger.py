@@ -34,6 +34,7 @@ __all__ = [
     "apply_migrations",
     "connect_pool",
     "heard_in_full",
+    "idempotency_key",
     "migrations_dir",
     "statement_heard",
 ]
@@ -185,6 +186,18 @@ class PromptHeard:
     def heard_in_full(self) -> bool | None:
         """True when played to its end; None when the lengths are unknown."""
         return heard_in_full(self.interrupted, self.heard_ms, self.length_ms)
+
+
+def idempotency_key(call_id: str, scope: str, step: str) -> str:
+    """``<call>|<scope>|<step>``: the one row a step of one call may write, however often the
+    write is retried or replayed. ``call_id`` is Asterisk's uniqueid (the server's own id
+    only when Asterisk sent none); ``scope`` the channel name, or the route's name.
+
+    Mirrored in SQL by ``agi.store`` (``call_id || '|' || channel_name || '|attempt'``) for the
+    attempts it files after a crash; tests/integration/test_reliability_sessions.py holds
+    the two to the same text.
+    """
+    return f"{call_id}|{scope}|{step}"
 
 
 def heard_in_full(interrupted: bool, heard_ms: int | None, length_ms: int | None) -> bool | None:

@@ -347,6 +347,7 @@ class CallSessions:
                    SELECT s.route, 'interrupted', $2, s.number_e164, s.uniqueid,
                           s.channel_name, s.callerid_num, s.callerid_name, s.started_at,
                           coalesce(s.ended_at, clock_timestamp()), s.instance,
+                          -- agi.ledger.idempotency_key(call_id, channel, "attempt"), in SQL
                           s.call_id || '|' || coalesce(s.channel_name, '') || '|attempt'
                    FROM call_session s
                    WHERE s.id = ANY($1::bigint[])

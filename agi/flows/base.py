@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Final, Protocol
 
 from agi.call import Call
-from agi.ledger import AttemptRecord, ConsentDecision, DigitPress, PromptHeard
+from agi.ledger import AttemptRecord, ConsentDecision, DigitPress, PromptHeard, idempotency_key
 from agi.prompts import PromptCatalogue
 
 __all__ = ["ALL_KEYS", "CommitResult", "DecisionStore", "Dialogue", "StorageUnavailable"]
@@ -108,7 +108,7 @@ class Dialogue:
             method=method,
             evidence_strength=evidence_strength,
             decided_at=datetime.now(UTC),
-            idempotency_key=f"{env.uniqueid or self.call.call_id}|{env.channel}|{step}",
+            idempotency_key=idempotency_key(self.call.call_id, env.channel, step),
             instance=instance,
             channel="automated_call",
             digits=tuple(self.digits),

@@ -25,7 +25,7 @@ from agi import channel_vars as cv
 from agi.call import Call
 from agi.config import Settings
 from agi.flows.base import ALL_KEYS, CommitResult, DecisionStore, Dialogue, StorageUnavailable
-from agi.ledger import AttemptRecord
+from agi.ledger import AttemptRecord, idempotency_key
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
 from agi.protocol import AGIAppError, AGIHangup
@@ -305,7 +305,7 @@ class ConsentFlow:
                 route=call.route,
                 outcome=outcome,
                 reason=reason,
-                idempotency_key=f"{env.uniqueid or call.call_id}|{env.channel}|attempt",
+                idempotency_key=idempotency_key(call.call_id, env.channel, "attempt"),
                 instance=self.settings.instance,
                 number_e164=number.e164 if number else normalise(env.callerid,
                                                                  self.settings.default_region),

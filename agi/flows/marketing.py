@@ -44,7 +44,7 @@ from agi.campaigns import Campaign, ContactFacts
 from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback
-from agi.ledger import AttemptRecord, ConsentDecision
+from agi.ledger import AttemptRecord, ConsentDecision, idempotency_key
 from agi.logconfig import ERROR_SUMMARY_CHARS, error_summary
 from agi.numbers import normalise, presentation_restricted
 from agi.prompts import PromptCatalogue
@@ -358,7 +358,7 @@ class MarketingFlow:
                     uniqueid=env.uniqueid or None,
                     channel_name=env.channel or None,
                     instance=self.settings.instance,
-                    idempotency_key=f"{env.uniqueid or call.call_id}|marketing|play",
+                    idempotency_key=idempotency_key(call.call_id, "marketing", "play"),
                 )
         except Exception as exc:  # noqa: BLE001 -- no evidence row, no audio
             raise _Refused(_refusal(policy.ERROR, f"{type(exc).__name__}: {exc}")) from None
@@ -387,7 +387,7 @@ class MarketingFlow:
         self.metrics.marketing_refused(decision.reason)
         log.info("marketing_refused", reason=decision.reason,
                  detail=decision.detail[:ERROR_SUMMARY_CHARS])
-        key = f"{env.uniqueid or call.call_id}|marketing|refused"
+        key = idempotency_key(call.call_id, "marketing", "refused")
         campaign_id = ctx.campaign.id if ctx.campaign else None
         try:
             await self.campaigns.record_refused(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agi.ledger import ConsentDecision, Ledger
+from agi.ledger import ConsentDecision, Ledger, idempotency_key
 from agi.protocol import AGIEnv
 from agi.store import CallSessions
 
@@ -65,7 +65,8 @@ async def test_crash_leaves_in_progress_then_recovered_as_interrupted(
     await ledger.record_decision(ConsentDecision(
         number_e164="+447700900123", organisation="o", purpose="marketing-calls",
         decision="opt_out", method="ivr_inbound", evidence_strength="caller_id",
-        decided_at=datetime.now(UTC), idempotency_key="2.2|PJSIP/2.2|decision",
+        decided_at=datetime.now(UTC), idempotency_key=idempotency_key("2.2", "PJSIP/2.2",
+                                                                      "decision"),
         instance="i1", uniqueid="2.2"))
     # ... SIGKILL: no finished(), no flush. Another instance's live calls stay untouched:
     other = CallSessions(pool, instance="i2")
@@ -77,12 +78,14 @@ async def test_crash_leaves_in_progress_then_recovered_as_interrupted(
     assert await after.recover() == {"interrupted": 0, "attempts_filed": 0}
     attempts = await rows(pool, "SELECT uniqueid, outcome, reason, idempotency_key "
                                 "FROM consent_attempt ORDER BY uniqueid")
+    # the SQL that files them builds the key as agi.ledger.idempotency_key does
     assert attempts == [
         {"uniqueid": "2.0", "outcome": "interrupted", "reason": "server_stopped_mid_call",
-         "idempotency_key": "2.0|PJSIP/2.0|attempt"},
+         "idempotency_key": idempotency_key("2.0", "PJSIP/2.0", "attempt")},
         {"uniqueid": "2.1", "outcome": "interrupted", "reason": "server_stopped_mid_call",
-         "idempotency_key": "2.1|PJSIP/2.1|attempt"},
+         "idempotency_key": idempotency_key("2.1", "PJSIP/2.1", "attempt")},
     ]
+    assert attempts[0]["idempotency_key"] == "2.0|PJSIP/2.0|attempt"
     states = await rows(pool, "SELECT call_id, state FROM call_session ORDER BY call_id")
     assert states == [{"call_id": "2.0", "state": "interrupted"},
                       {"call_id": "2.1", "state": "interrupted"},
