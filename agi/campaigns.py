@@ -38,6 +38,7 @@ import phonenumbers
 from agi import policy
 from agi.gate import CAMPAIGN_BLOCKING, PERMANENT, decide_dial
 from agi.ledger import DB_UNAVAILABLE, LedgerUnavailable
+from agi.numbers import fast_e164, normalise_number
 
 __all__ = [
     "LISTS",
@@ -52,13 +53,11 @@ __all__ = [
     "RejectedRow",
     "ScreenRow",
     "SuppressionReport",
-    "fast_e164",
     "parse_contacts_csv",
 ]
 
 LISTS: Final = ("tps", "ctps", "us-dnc", "internal")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _NUMBER_HEADERS: Final = frozenset(
     {"number", "phone", "phone_number", "msisdn", "telephone", "tel"}
 )
@@ -321,43 +320,6 @@ _RETRY_AFTER: Final = {
 # --------------------------------------------------------------------------- numbers
 
 
-def fast_e164(raw: str, region: str) -> str | None:
-    """Normalise one suppression-list number quickly; ``None`` when it is not a number.
-
-    Suppression files hold millions of numbers, so common shapes are handled with string
-    operations (``+447…``, ``07…`` / ``7…`` for GB, 10 or 11 digits for US/CA) and only the
-    rest goes through phonenumbers.  Validity is *not* required: suppressing a number that
-    phonenumbers considers unassigned is harmless, dropping it is not.
-    """
-    text = raw.strip().strip('"').replace(" ", "").replace("-", "")
-    if not text:
-        return None
-    if text[0] == "+":
-        return text if _E164.fullmatch(text) else None
-    if text.startswith("00") and text[2:].isdigit():
-        cand = "+" + text[2:]
-        return cand if _E164.fullmatch(cand) else None
-    if text.isdigit():
-        if region == "GB":
-            if text[0] == "0" and len(text) in (10, 11):
-                return "+44" + text[1:]
-            if text.startswith("44") and len(text) in (11, 12):
-                return "+" + text
-            if text[0] != "0" and len(text) in (9, 10):  # TPS files omit the trunk 0
-                return "+44" + text
-        elif region in ("US", "CA"):
-            if len(text) == 10 and text[0] not in "01":
-                return "+1" + text
-            if len(text) == 11 and text[0] == "1":
-                return "+" + text
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    cand = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return cand if _E164.fullmatch(cand) else None
-
-
 def parse_contacts_csv(
     text: str, region: str
 ) -> tuple[list[tuple[str, tuple[str, ...], int]], ImportReport]:
@@ -391,7 +353,7 @@ def parse_contacts_csv(
             report.rejected.append(RejectedRow(line, ",".join(record), "no number in the row"))
             continue
         try:
-            e164 = policy.normalise_number(raw, region)
+            e164 = normalise_number(raw, region)
         except ValueError as exc:
             raise CampaignError(str(exc)) from None
         if e164 is None:

@@ -27,8 +27,6 @@ import phonenumbers
 from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as pn_timezone
 
-from agi.numbers import normalise
-
 __all__ = [
     "ALLOWED",
     "ATTEMPTS_EXHAUSTED",
@@ -66,7 +64,6 @@ __all__ = [
     "gate_playback",
     "get_profile",
     "is_marketing_purpose",
-    "normalise_number",
     "time_zones_for",
 ]
 
@@ -355,27 +352,6 @@ def is_marketing_purpose(profile: Profile, purpose: str) -> bool:
 
 
 # --- numbers -------------------------------------------------------------------------------------
-
-
-def normalise_number(raw: str, default_region: str) -> str | None:
-    """Return ``raw`` as E.164, or ``None`` when it is withheld, malformed or not a valid number.
-
-    ``default_region`` (ISO 3166 alpha-2, e.g. "GB", "US") is used for national-format input;
-    an unsupported region raises ``ValueError`` because it is configuration, not data.
-
-    >>> normalise_number("020 7946 0000", "GB")
-    '+442079460000'
-    >>> normalise_number("Anonymous", "GB") is None
-    True
-
-    Letters are refused outright: phonenumbers would read "1-800-FLOWERS" as digits, and a
-    mangled withheld marker must never be turned into somebody's real number.  Numbers with an
-    extension are refused because they cannot be dialled as a single destination.
-    """
-    region = default_region.strip().upper()
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError(f"unsupported default region {default_region!r}")
-    return normalise(raw, region)
 
 
 def _parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from agi.campaigns import CampaignError, CampaignStore, fast_e164, parse_contacts_csv
+from agi.campaigns import CampaignError, CampaignStore, parse_contacts_csv
 from tests.campaign_helpers import consent, fresh_lists, make_campaign
 
 
@@ -80,23 +80,6 @@ def test_csv_without_header_uses_first_column() -> None:
     assert report.rejected == []
 
 
-@pytest.mark.parametrize(
-    ("raw", "region", "expected"),
-    [
-        ("07700900123", "GB", "+447700900123"),
-        ("7700900123", "GB", "+447700900123"),  # TPS files drop the trunk 0
-        ("447700900123", "GB", "+447700900123"),
-        ("+447700900123", "GB", "+447700900123"),
-        ("0044 7700 900123", "GB", "+447700900123"),
-        ("2125550100", "US", "+12125550100"),
-        ("1-212-555-0100", "US", "+12125550100"),
-        ("hello", "GB", None),
-        ("", "GB", None),
-        ("+0123", "GB", None),
-    ],
-)
-def test_fast_e164(raw: str, region: str, expected: str | None) -> None:
-    assert fast_e164(raw, region) == expected
 
 
 async def test_suppression_snapshot_replaces_the_previous_one(store: CampaignStore) -> None:

@@ -33,7 +33,6 @@ from agi.policy import (
     gate_playback,
     get_profile,
     is_marketing_purpose,
-    normalise_number,
     time_zones_for,
 )
 
@@ -827,45 +826,6 @@ def test_check_caller_id(profile: Profile, caller_id: str | None, reason: str) -
     assert decision.reason == reason
     assert decision.allowed is (reason == "allowed")
     assert decision.rule == profile.caller_id_rule
-
-
-# --- numbers -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "region", "expected"),
-    [
-        pytest.param("020 7946 0000", "GB", "+442079460000", id="uk-national"),
-        pytest.param("+44 (0)20 7946 0000", "GB", "+442079460000", id="uk-trunk-in-brackets"),
-        pytest.param("0044 20 7946 0000", "GB", "+442079460000", id="uk-idd-prefix"),
-        pytest.param("(212) 555-1234", "US", US_NY, id="us-national"),
-        pytest.param("+1 212 555 1234", "GB", US_NY, id="international-ignores-region"),
-        pytest.param(" +12125551234 ", "us", US_NY, id="lowercase-region-and-spaces"),
-        pytest.param("anonymous", "GB", None, id="anonymous"),
-        pytest.param("Anonymous", "GB", None, id="anonymous-capitalised"),
-        pytest.param("unknown", "GB", None, id="unknown"),
-        pytest.param("", "GB", None, id="empty"),
-        pytest.param("   ", "GB", None, id="blank"),
-        pytest.param("withheld", "GB", None, id="withheld"),
-        pytest.param("Restricted", "US", None, id="restricted"),
-        pytest.param("private", "US", None, id="private"),
-        pytest.param("1-800-FLOWERS", "US", None, id="vanity-letters-refused"),
-        pytest.param("020 7946 0000 ext. 12", "GB", None, id="extension"),
-        pytest.param("020 7946 0000;ext=12", "GB", None, id="rfc3966-extension"),
-        pytest.param("+447700900123", "GB", None, id="drama-range-invalid"),
-        pytest.param("+15555550100", "US", None, id="us-555-invalid"),
-        pytest.param("12345", "GB", None, id="too-short"),
-        pytest.param("+" + "1" * 80, "GB", None, id="too-long"),
-    ],
-)
-def test_normalise_number(raw: str, region: str, expected: str | None) -> None:
-    assert normalise_number(raw, region) == expected
-
-
-@pytest.mark.parametrize("region", ["XX", "UK", ""], ids=["xx", "uk-is-not-iso", "empty"])
-def test_normalise_number_rejects_unknown_region(region: str) -> None:
-    with pytest.raises(ValueError, match="unsupported default region"):
-        normalise_number("020 7946 0000", region)
 
 
 # --- the gate ------------------------------------------------------------------------------------
