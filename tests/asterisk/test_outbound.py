@@ -388,10 +388,17 @@ def ami_restart(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Se
         finally:
             if worker.returncode is None:
                 worker.send_signal(signal.SIGTERM)
-            out, _ = await asyncio.wait_for(output, 60)
+            try:
+                out, _ = await asyncio.wait_for(asyncio.shield(output), 60)
+            except TimeoutError:  # still waiting for a call it lost: the test has failed
+                worker.kill()
+                out, _ = await output
             results["code"], results["out"] = worker.returncode, out.decode()
 
-    run_batch(pbx, {"campaign": campaign_c})
+    failed = run_batch(pbx, {"campaign": campaign_c})["campaign"]
+    if isinstance(failed, BaseException):
+        raise AssertionError(f"campaign C: {failed!r}\n--- the dialer's log ---\n"
+                             + results.get("out", "")) from failed
     results["attempts"] = asyncio.run(fetch_rows(
         db, "SELECT da.* FROM dial_attempt da JOIN campaign c ON c.id = da.campaign_id "
         "WHERE c.name = 'tier-c' ORDER BY da.id"))
