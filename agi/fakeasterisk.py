@@ -592,7 +592,8 @@ class FakeAsterisk:
     Env (``agi_*`` in Asterisk's order): ``host``/``port`` to connect to; ``network_script``
     (``None`` → no ``agi_network_script`` line, like ``agi://host:port``); ``request``
     (default ``agi://host:port/<script>``); ``channel``, ``channel_type``, ``uniqueid``,
-    ``language``, ``callerid``, ``calleridname`` (raw, quotes unescaped), ``dnid``, ``rdnis``,
+    ``language``, ``callerid``, ``calleridname`` (raw, quotes unescaped; empty is sent as
+    ``unknown``, as Asterisk does), ``dnid``, ``rdnis``,
     ``context``, ``extension``, ``priority``, ``accountcode``, ``args`` (agi_arg_1..N); ``env``
     replaces the whole block with the given values (keys without ``agi_``, in ENV_ORDER).
 
@@ -675,8 +676,9 @@ class FakeAsterisk:
                 "type": channel_type or channel.split("/", 1)[0],
                 "uniqueid": uniqueid,
                 "version": version,
-                "callerid": callerid,
-                "calleridname": calleridname,
+                # res_agi: S_COR(valid, str, "unknown") -- an absent one is never empty
+                "callerid": callerid or "unknown",
+                "calleridname": calleridname or "unknown",
                 "callingpres": "0",
                 "callingani2": "0",
                 "callington": "0",

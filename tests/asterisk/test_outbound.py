@@ -10,8 +10,10 @@ appear there.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +43,14 @@ PRESSES_9 = "+447400300003"  # opted in, presses 9 during the campaign audio
 OPTED_OUT = "+447400300004"  # latest decision an opt-out: never dialled
 WITHDRAWS = "+447400300005"  # opted in when dialled, opted out while it rang
 NEW_NO_CONSENT = "+447400300006"
+
+# Campaign C, run by the long-running dialer while Asterisk's AMI goes down and comes back.
+HUNG_UP_WHILE_DOWN = "+447400300101"  # up at the drop, hung up while the AMI is down
+UP_THROUGHOUT = "+447400300102"  # up at the drop, still up when the AMI is back
+RINGING_AT_DROP = "+447400300103"  # ringing at the drop, answers while the AMI is down
+AFTER_RESTART = ("+447400300104", "+447400300105")  # claimable only once the AMI is back
+RESTART_NUMBERS = (HUNG_UP_WHILE_DOWN, UP_THROUGHOUT, RINGING_AT_DROP, *AFTER_RESTART)
+RESTART_RING = 6  # seconds RINGING_AT_DROP rings: the drop happens within them
 
 
 def cli(db_url: str, home: Path, *argv: str, ami_port: int, timeout: float = 120,
@@ -249,6 +259,184 @@ def test_consent_withdrawn_while_ringing_plays_nothing(outbound: dict[str, Any])
 
 def test_long_running_dialer_stops_cleanly(outbound: dict[str, Any]) -> None:
     assert outbound["b"]["code"] == 0, outbound["b"]["out"]
+
+
+# ----------------------------------------------------------------------- AMI restart
+
+
+def _set_ami_listener(pbx: Asterisk, enabled: bool) -> None:
+    """Stop or start Asterisk's AMI listener: ``enabled`` in manager.conf and ``manager
+    reload`` (which alone leaves the sessions already logged in untouched)."""
+    conf = pbx.etc / "manager.conf"
+    old, new = ("enabled = no", "enabled = yes") if enabled else ("enabled = yes",
+                                                                    "enabled = no")
+    text = conf.read_text()
+    assert old in text, text
+    conf.write_text(text.replace(old, new, 1))
+    pbx.rx("manager reload")
+
+
+def _kick_sessions(pbx: Asterisk, username: str) -> int:
+    """Close every AMI session of ``username`` from Asterisk's side (``manager kick
+    session``); how many there were."""
+    fds = [line.split()[4] for line in pbx.rx("manager show connected").splitlines()
+           if line.split()[:1] == [username]]
+    for fd in fds:
+        pbx.rx(f"manager kick session {fd}")
+    return len(fds)
+
+
+def _ami_refuses(pbx: Asterisk) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", pbx.ami_port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _callee_did(pbx: Asterisk, number: str, what: str) -> bool:
+    """The harness saw the callee at ``number`` ring or answer (``TestCallee<what>``)."""
+    return any(ev.get("UserEvent") == f"TestCallee{what}"
+               for rec in calls_to(pbx, number) for ev in rec.user_events)
+
+
+def _callee_channel(pbx: Asterisk, number: str) -> str:
+    prefix = f"Local/{number}@test-callee-"
+    return next(ev["Channel"] for ev in pbx.originated
+                if ev.get("Channel", "").startswith(prefix) and ev["Channel"].endswith(";2"))
+
+
+async def _until(what: str, done: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def ami_restart(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve,
+                ) -> Iterator[dict[str, Any]]:
+    """Campaign C through the long-running dialer while Asterisk's AMI goes away.
+
+    Three calls at most at once, so at the drop two callees are up and one is ringing, and
+    the last two numbers cannot be claimed yet. Asterisk's manager then stops listening and
+    closes the dialer's session itself (the way a manager restart looks to a client: its
+    connection closed by the far end, reconnects refused until it is back); the harness's
+    own session stays, so every channel Asterisk creates is still counted. While the AMI is
+    down one call ends (the dialer misses its Hangup) and the ringing one answers (the dialer
+    misses its OriginateResponse); then the manager listens again.
+    """
+    home = tier_dir / "ami-restart"
+    home.mkdir(parents=True, exist_ok=True)
+    db, port = tier_db, pbx.ami_port
+
+    async def consents() -> None:
+        pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
+        try:
+            ledger = Ledger(pool, timeout=5)
+            for number in RESTART_NUMBERS:
+                await consent(ledger, number)
+        finally:
+            await pool.close()
+
+    asyncio.run(consents())
+    today = datetime.now(UTC).date().isoformat()
+    lists = home / "tps.txt"
+    lists.write_text("+441632960999\n")
+    for name in ("tps", "ctps"):
+        must(cli(db, home, "suppression", "import", "--list", name, "--as-of", today,
+                 str(lists), ami_port=port))
+    make_campaign(db, home, "tier-c", list(RESTART_NUMBERS), port, concurrent=3)
+    results: dict[str, Any] = {}
+
+    async def campaign_c() -> None:
+        for number in RESTART_NUMBERS:
+            await _script(pbx, number, [], ring=RESTART_RING if number == RINGING_AT_DROP else 0)
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agi", "dialer", "--worker", "restart-worker",
+            cwd=repo_root(), env=_env(db, home, port), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        output = asyncio.ensure_future(worker.communicate())
+        try:
+            await _until("two calls up and one ringing", lambda: (
+                _callee_did(pbx, HUNG_UP_WHILE_DOWN, "Answered")
+                and _callee_did(pbx, UP_THROUGHOUT, "Answered")
+                and _callee_did(pbx, RINGING_AT_DROP, "Ringing")))
+            results["ringing_at_drop"] = not _callee_did(pbx, RINGING_AT_DROP, "Answered")
+            await asyncio.to_thread(_set_ami_listener, pbx, False)
+            results["kicked"] = await asyncio.to_thread(_kick_sessions, pbx, "consent-dialer")
+            results["refused_while_down"] = await asyncio.to_thread(_ami_refuses, pbx)
+            manager = await pbx.connect_ami()
+            await manager.send_action({"Action": "Hangup",
+                                       "Channel": _callee_channel(pbx, HUNG_UP_WHILE_DOWN)})
+            await _ended(pbx, HUNG_UP_WHILE_DOWN)
+            await _until("the ringing callee answers",
+                         lambda: _callee_did(pbx, RINGING_AT_DROP, "Answered"))
+            results["dialled_while_down"] = {n: dialled(pbx, n) for n in RESTART_NUMBERS}
+            results["up_when_back"] = not calls_to(pbx, UP_THROUGHOUT)[0].hungup
+            await asyncio.to_thread(_set_ami_listener, pbx, True)
+            for number in RESTART_NUMBERS:
+                await _ended(pbx, number)
+            deadline = time.monotonic() + 30
+            while (await fetch_rows(
+                    db, "SELECT count(*) AS n FROM dial_attempt da JOIN campaign c "
+                    "ON c.id = da.campaign_id WHERE c.name = 'tier-c' "
+                    "AND da.state NOT IN ('originating', 'answered')"))[0]["n"] < len(
+                        RESTART_NUMBERS):
+                assert time.monotonic() < deadline, "campaign C did not settle"
+                await asyncio.sleep(0.2)
+        finally:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+            try:
+                out, _ = await asyncio.wait_for(asyncio.shield(output), 60)
+            except TimeoutError:  # still waiting for a call it lost: the test has failed
+                worker.kill()
+                out, _ = await output
+            results["code"], results["out"] = worker.returncode, out.decode()
+
+    failed = run_batch(pbx, {"campaign": campaign_c})["campaign"]
+    if isinstance(failed, BaseException):
+        raise AssertionError(f"campaign C: {failed!r}\n--- the dialer's log ---\n"
+                             + results.get("out", "")) from failed
+    results["attempts"] = asyncio.run(fetch_rows(
+        db, "SELECT da.* FROM dial_attempt da JOIN campaign c ON c.id = da.campaign_id "
+        "WHERE c.name = 'tier-c' ORDER BY da.id"))
+    results["log"] = [json.loads(line) for line in results["out"].splitlines()
+                      if line.startswith("{")]
+    results["pbx"] = pbx
+    yield results
+
+
+def test_ami_restart_mid_campaign_loses_and_repeats_no_attempt(
+        ami_restart: dict[str, Any]) -> None:
+    pbx: Asterisk = ami_restart["pbx"]
+    # The restart happened as described: the AMI really refused connections, with two
+    # calls up and one ringing, and the last two numbers not yet dialled.
+    assert ami_restart["kicked"] >= 1
+    assert ami_restart["refused_while_down"]
+    assert ami_restart["ringing_at_drop"]
+    assert ami_restart["up_when_back"]
+    assert [ami_restart["dialled_while_down"][n] for n in AFTER_RESTART] == [0, 0]
+    events = [line.get("event") for line in ami_restart["log"]]
+    assert "ami_disconnected" in events and events.count("ami_logged_in") >= 2, events
+    # Every allowed number was originated exactly once ...
+    assert {n: dialled(pbx, n) for n in RESTART_NUMBERS} == dict.fromkeys(RESTART_NUMBERS, 1)
+    # ... with one attempt each, every one closed as the answered call it was.
+    rows = {n: [a for a in ami_restart["attempts"] if a["number_e164"] == n]
+            for n in RESTART_NUMBERS}
+    assert {n: [(a["allowed"], a["state"]) for a in r] for n, r in rows.items()} == {
+        n: [(True, "completed")] for n in RESTART_NUMBERS}, ami_restart["attempts"]
+    # the call that ended unseen was closed from Asterisk's list of live channels, the
+    # ringing one found up there
+    lost = {line["attempt"] for line in ami_restart["log"]
+            if line.get("event") == "dial_outcome_lost"}
+    survived = {line["attempt"] for line in ami_restart["log"]
+                if line.get("event") == "dial_call_survived_ami_loss"}
+    [hung_up] = rows[HUNG_UP_WHILE_DOWN]
+    assert lost == {hung_up["id"]}
+    assert {rows[UP_THROUGHOUT][0]["id"], rows[RINGING_AT_DROP][0]["id"]} <= survived
+    assert ami_restart["code"] == 0, ami_restart["out"]
 
 
 # ----------------------------------------------------------------------- least privilege

@@ -8,6 +8,7 @@ OPTION's strchr quirk, press-script and timeline semantics, the env block's shap
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -308,3 +309,71 @@ def test_constructor_rejects_contradictions() -> None:
         FakeAsterisk(hangup_notice="sometimes")
     with pytest.raises(ValueError):
         FakeAsterisk(timeline=[(1.0, "12")])
+
+
+# --------------------------------------------------------------------------- the real Asterisk
+# Differences and confirmations found by the real-Asterisk tier (tests/asterisk); each one is
+# listed in docs/asterisk-kit.md, "The real-Asterisk test tier".
+
+
+@pytest.mark.parametrize(("number", "name"), [("", ""), ("", "Jane Doe"), ("+447700900123", "")])
+async def test_absent_caller_id_is_sent_as_unknown(number: str, name: str) -> None:
+    """res_agi setup_env: ``S_COR(valid, str, "unknown")`` for the number and the name, so a
+    withheld caller (CALLERID(num) empty) arrives as ``agi_callerid: unknown``, never empty
+    (seen on the real Asterisk: test_inbound.py, withheld caller ID)."""
+    _, env, _ = await talk([], callerid=number, calleridname=name)
+    assert f"agi_callerid: {number or 'unknown'}\n".encode() in env
+    assert f"agi_calleridname: {name or 'unknown'}\n".encode() in env
+
+
+async def _killed(*, during_prompt: bool) -> CallRecord:
+    """A server that sets the safe result first, then dies (SIGKILL: the kernel resets the
+    connection, nothing more is read) in a prompt or between two commands."""
+    env = bytearray()
+    dead = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while not env.endswith(b"\n\n"):
+                env.extend(await asyncio.wait_for(reader.readline(), 5))
+            writer.write(b"SET VARIABLE CONSENT_RESULT error\n")
+            await asyncio.wait_for(reader.readline(), 5)
+            if during_prompt:
+                writer.write(b'GET OPTION long "12" 5000\n')
+                await writer.drain()
+                await asyncio.sleep(0.3)  # into the 30 s prompt
+            writer.transport.abort()
+        finally:
+            dead.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        fake = FakeAsterisk("127.0.0.1", port, sounds_dir=None, sounds={"long": 8000 * 30},
+                            realtime=True)
+        record = await asyncio.wait_for(fake.run(), 10)
+        await asyncio.wait_for(dead.wait(), 5)
+    return record
+
+
+@pytest.mark.parametrize("during_prompt", [True, False])
+async def test_server_killed_leaves_its_variables_and_agistatus_success(
+        during_prompt: bool) -> None:
+    """run_agi: a read that finds the connection gone is "Program terminated", returning
+    the status so far -- SUCCESS. The real Asterisk showed exactly this for a consent
+    server SIGKILLed in the question (test_fail_closed.py): CONSENT_RESULT=error and
+    AGISTATUS=SUCCESS, indistinguishable from a flow that ended on its own."""
+    record = await _killed(during_prompt=during_prompt)
+    assert record.variables["CONSENT_RESULT"] == "error"
+    assert record.agistatus == "SUCCESS"
+    assert not record.hung_up  # the caller is still there, for the dialplan's fallback
+
+
+async def test_nothing_listening_is_agistatus_failure() -> None:
+    """launch_netscript cannot connect: FAILURE, and no env is sent (test_fail_closed.py,
+    server not listening)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: the connect is refused
+        record = await FakeAsterisk("127.0.0.1", port, sounds_dir=None).run()
+    assert (record.connected, record.agistatus) == (False, "FAILURE")
