@@ -1,4 +1,7 @@
-"""``consent-ivr`` command line: the only place that wires concrete objects together.
+"""``consent-ivr`` command line: the core commands, and the wiring of ``serve``.
+
+Feature commands and the routes beyond ``consent`` live in :mod:`agi.commands` (each module
+there adds its subcommands and routes to the tables this module reads).
 
 ``main(argv=None) -> int`` so tests call it directly. Invalid configuration or
 input prints one clear line on stderr and returns 2; never a traceback.

@@ -1,8 +1,12 @@
-"""The consent ledger: every SQL statement about consent lives here (asyncpg).
+"""The consent ledger: the records of a decision, and the SQL that writes and reads them.
 
-Domain types go in and out, never asyncpg records. Writes are idempotent on a
-natural key, so a retried or replayed write never creates a second row; the
-database itself refuses UPDATE and DELETE of consent events.
+The consent writes (decisions, attempts, with group commit) and the point-in-time reads
+(``consent_at``, attempts for a number) live here; other modules hold their own reads:
+:mod:`agi.store` (call sessions, crash recovery), :mod:`agi.evidence` and :mod:`agi.chain`
+(the evidence document and the hash chain), :mod:`agi.report` (campaign reports) and
+:mod:`agi.campaigns` (the dialer's facts). Domain types go in and out, never asyncpg
+records. Writes are idempotent on a natural key, so a retried or replayed write never creates
+a second row; the database itself refuses UPDATE and DELETE of consent events.
 """
 
 from __future__ import annotations
