@@ -434,12 +434,12 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handl
 
 
 def _load_plugins() -> None:
-    """Import feature modules that register routes and subcommands."""
-    import importlib
+    """Import the feature modules that register routes and subcommands.
 
-    for name in ("agi.commands",):
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(name)
+    Never guarded: a broken import must stop the command line with its traceback, not
+    silently drop every command and route registered after it (the marketing route too).
+    """
+    import agi.commands  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,3 +82,24 @@ def test_press_scripts(text: str, expected: list[object]) -> None:
 def test_bad_press_script_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate-call", "--press", "1,x"]) == 2
     assert "--press" in capsys.readouterr().err
+
+
+def test_a_broken_feature_import_stops_the_command_line_loudly() -> None:
+    """One missing module must not silently drop every later command and route."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'agi.commands.report':\n"
+        "            raise ModuleNotFoundError('No module named something_report_needs')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "from agi.cli import main\n"
+        "sys.exit(main(['--help']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode != 0, out.stdout
+    assert "something_report_needs" in out.stderr
