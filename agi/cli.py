@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 import warnings
@@ -151,6 +150,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agi.flows.consent import ConsentFlow
     from agi.journal import Journal
     from agi.ledger import Ledger
+    from agi.lifecycle import StopSignals
     from agi.metrics import Metrics, Readiness, install, start_exporter
     from agi.prompts import PromptCatalogue, PromptError
     from agi.server import AGIServer
@@ -185,10 +185,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         metrics.set_routes(routes)
         metrics.watch_active_calls(lambda: server.active_calls)
         metrics.watch_journal(journal)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        signals = StopSignals().install()
+        stop = signals.requested
         try:
             await server.start()
         except OSError as exc:
@@ -210,7 +208,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         try:
-            await server.serve_until(stop)
+            await server.serve_until(stop, now=signals.now)
             sessions_stop.set()
             await bookkeeper
             for task in (replayer, verifier):

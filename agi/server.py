@@ -95,15 +95,16 @@ class AGIServer:
     def active_calls(self) -> int:
         return self._active_calls
 
-    async def serve_until(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then drain."""
+    async def serve_until(self, stop: asyncio.Event, now: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then drain (cut short when ``now`` is set)."""
         if self._server is None:
             await self.start()
         await stop.wait()
-        await self.drain()
+        await self.drain(now=now)
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Stop accepting; let calls finish up to ``timeout``; then cut the rest.
+    async def drain(self, timeout: float | None = None, *,
+                    now: asyncio.Event | None = None) -> None:
+        """Stop accepting; let calls finish up to ``timeout`` (or until ``now``); cut the rest.
 
         A call cut short keeps ``CONSENT_RESULT=error`` (every flow sets it first and
         overwrites it only once its outcome is certain), and its socket is closed, so
@@ -116,7 +117,7 @@ class AGIServer:
         pending = {t for t in self._tasks if not t.done()}
         log.info("agi_draining", calls=len(pending), timeout_s=timeout)
         if pending:
-            _, still = await asyncio.wait(pending, timeout=timeout)
+            still = await _wait_calls(pending, timeout, now)
             for task in still:
                 task.cancel()
             if still:
@@ -267,3 +268,25 @@ class AGIServer:
             await channel.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
         except (AGIError, OSError):
             pass
+
+
+async def _wait_calls(pending: set[asyncio.Task[Any]], timeout: float,
+                      now: asyncio.Event | None) -> set[asyncio.Task[Any]]:
+    """Wait for ``pending`` up to ``timeout`` s, or until ``now`` is set; return what is left."""
+    if now is None:
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return still
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    cut = loop.create_task(now.wait())
+    left = set(pending)
+    try:
+        while left and not now.is_set() and (remaining := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait({*left, cut}, timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            left -= done
+    finally:
+        cut.cancel()
+    if left and now.is_set():
+        log.warning("agi_drain_cut_now", calls=len(left))
+    return left

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import csv
 import json
-import signal
 import sys
 import time as clock
 from collections.abc import Iterator
@@ -297,15 +296,13 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
 
     from agi.config import ConfigError
     from agi.dialer import AmiClient, AmiError, Dialer, DialerConfig
+    from agi.lifecycle import StopSignals
     from agi.metrics import Metrics, Readiness, install, start_exporter
 
     if not settings.ami_secret:
         raise CommandError("CONSENT_IVR_AMI_SECRET is not set (AMI login for the dialer)")
     worker = args.worker or f"{socket.gethostname()}-{os.getpid()}"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = StopSignals().install().requested  # the dialer stops originating at once
     metrics = install(Metrics())
     async with open_pool(settings, migrate=True) as pool:
         store = _store(pool, settings)

@@ -115,3 +115,27 @@ async def test_sigterm_drains_then_cuts(serve: Any, pool: asyncpg.Pool) -> None:
     log = proc.log.read_bytes()
     assert b"agi_draining" in log and b"agi_calls_cut_short" in log
     assert await pool.fetchval("SELECT count(*) FROM call_session WHERE state = 'in_progress'") == 0
+
+
+async def test_second_sigterm_during_the_drain_cuts_the_calls_at_once(
+        serve: Any, pool: asyncpg.Pool) -> None:
+    # a drain that would wait ten minutes: only the second signal can end it in time
+    proc = serve(CONSENT_IVR_DRAIN_TIMEOUT="600")
+    await proc.ready()
+    listening = asyncio.create_task(fake(proc.port, 4, presses=[SILENCE] * 6).run())
+    await until(pool, "SELECT count(*) FROM call_session WHERE state = 'in_progress'", 1)
+    proc.signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while b"agi_draining" not in proc.log.read_bytes():
+        assert loop.time() < deadline, proc.log.read_text()
+        await asyncio.sleep(0.05)
+    proc.signal(signal.SIGINT)  # Ctrl-C, the second time
+    assert await proc.wait(timeout=60) == 0  # not 600 s
+    rec = await listening
+    assert rec.variables["CONSENT_RESULT"] == "error", rec.dialogue()
+    assert await pool.fetchval("SELECT count(*) FROM consent_event") == 0
+    attempt = await pool.fetchrow("SELECT uniqueid, outcome, reason FROM consent_attempt")
+    assert tuple(attempt) == ("1810000000.4", "interrupted", "cut_short_by_drain")
+    log = proc.log.read_bytes()
+    assert b"stop_now" in log and b"agi_drain_cut_now" in log
