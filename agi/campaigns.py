@@ -49,6 +49,7 @@ __all__ = [
     "Claim",
     "ContactFacts",
     "DialJob",
+    "DialledAttempt",
     "ImportReport",
     "RejectedRow",
     "ScreenRow",
@@ -267,6 +268,19 @@ class ScreenRow:
     state: str
     reason: str
     consent_event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DialledAttempt:
+    """A ``dial_attempt`` row as the marketing route checks it: which campaign, which
+    number, when the dialer decided (consent recorded after that is not prior consent)."""
+
+    id: int
+    campaign_id: int
+    number_e164: str
+    decided_at: datetime
+    state: str
+    allowed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -1152,14 +1166,15 @@ class CampaignStore:
 
     # ----------------------------------------------------------------- marketing route
 
-    async def attempt_for_call(self, attempt_id: int) -> dict[str, Any] | None:
+    async def attempt_for_call(self, attempt_id: int) -> DialledAttempt | None:
+        """The dial attempt an outbound call names in its AGI URL (``attempt=N``)."""
         row = await self.pool.fetchrow(
             """SELECT id, campaign_id, number_e164, decided_at, state, allowed
                FROM dial_attempt WHERE id = $1""",
             attempt_id,
             timeout=self.timeout,
         )
-        return dict(row) if row else None
+        return DialledAttempt(**dict(row)) if row else None
 
     async def set_attempt_result(self, attempt_id: int, result: str) -> None:
         await self.pool.execute(

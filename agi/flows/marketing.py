@@ -40,7 +40,7 @@ import structlog
 from agi import channel_vars as cv
 from agi import policy
 from agi.call import Call
-from agi.campaigns import Campaign, ContactFacts
+from agi.campaigns import Campaign, ContactFacts, DialledAttempt
 from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback
@@ -79,7 +79,7 @@ class MarketingStore(Protocol):
 
     async def get_campaign(self, key: str | int) -> Campaign | None: ...
 
-    async def attempt_for_call(self, attempt_id: int) -> dict[str, Any] | None: ...
+    async def attempt_for_call(self, attempt_id: int) -> DialledAttempt | None: ...
 
     async def facts_for_number(
         self,
@@ -321,15 +321,15 @@ class MarketingFlow:
         if raw_attempt:
             if not raw_attempt.isdigit():
                 raise _Refused(_refusal(UNKNOWN_NUMBER, f"attempt {raw_attempt!r}"))
-            row = await self.campaigns.attempt_for_call(int(raw_attempt))
-            if row is None or row["campaign_id"] != campaign.id or not row["allowed"]:
+            dialled = await self.campaigns.attempt_for_call(int(raw_attempt))
+            if dialled is None or dialled.campaign_id != campaign.id or not dialled.allowed:
                 raise _Refused(_refusal(UNKNOWN_NUMBER, f"no dialled attempt {raw_attempt}"))
-            ctx.attempt_id = int(row["id"])
-            ctx.number = str(row["number_e164"])
+            ctx.attempt_id = dialled.id
+            ctx.number = dialled.number_e164
             # The call started when the dialer decided to place it; consent recorded while
             # the phone was ringing is not prior consent.
             assert ctx.call_started_at is not None
-            ctx.call_started_at = min(row["decided_at"], ctx.call_started_at)
+            ctx.call_started_at = min(dialled.decided_at, ctx.call_started_at)
             return
         env = call.env
         if presentation_restricted(env.get("callingpres", "0")):
