@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +98,15 @@ def _postgres_private_kib() -> int | None:
     return sum(_status(p, "RssAnon").get("RssAnon", 0) for p in pids)
 
 
+def _py_spy() -> str:
+    """py-spy (``pip install py-spy``): next to this Python, else on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("--pbx-profile wants py-spy: pip install py-spy")
+    return found
+
+
 def _cpu(pid: int) -> float:
     u, s = procs.cpu_split(pid)
     return u + s
@@ -157,10 +167,10 @@ async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
     spy = None
     if profile is not None:
         spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(server_pid), "--rate", "200", "--nonblocking",
+            [_py_spy(), "record", "--pid", str(server_pid), "--rate", "200", "--nonblocking",
              "--format", "raw", "--output", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    a0, s0, p0 = _cpu(apid), _cpu(server_pid), procs.postgres_cpu_seconds()
+    a0, s0, p0 = procs.cpu_split(apid), procs.cpu_split(server_pid), procs.postgres_cpu_seconds()
     t0 = time.monotonic()
     sampling = asyncio.create_task(sampler.run())
     try:
@@ -171,13 +181,15 @@ async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
         sampling.cancel()
     await asyncio.sleep(1.0)  # the last calls' ledger writes and log lines
     wall = time.monotonic() - t0
-    a1, s1, p1 = _cpu(apid), _cpu(server_pid), procs.postgres_cpu_seconds()
+    a1, s1, p1 = procs.cpu_split(apid), procs.cpu_split(server_pid), procs.postgres_cpu_seconds()
     sampler.sample()
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
         spy.wait(60)
-    return {"records": done, "wall_s": round(wall, 1), "asterisk_cpu_s": a1 - a0,
-            "server_cpu_s": s1 - s0,
+    # (user, system) seconds of each: its own code, and the kernel's work for it
+    return {"records": done, "wall_s": round(wall, 1),
+            "asterisk_cpu": (a1[0] - a0[0], a1[1] - a0[1]),
+            "server_cpu": (s1[0] - s0[0], s1[1] - s0[1]),
             "postgres_cpu_s": None if p0 is None or p1 is None else p1 - p0,
             "peaks": sampler.peak, **idle}
 
@@ -265,13 +277,16 @@ def level(ctx: dict[str, Any], binary: Any, n: int, tag: int,
     finally:
         procs.run(ctx["db"].drop(db_url))
     failed = _failures(calls, got.pop("records"), ledger)
-    ast, ivr, pg = got["asterisk_cpu_s"], got["server_cpu_s"], got["postgres_cpu_s"]
+    (ast_u, ast_s), (ivr_u, ivr_s) = got["asterisk_cpu"], got["server_cpu"]
+    ast, ivr, pg = ast_u + ast_s, ivr_u + ivr_s, got["postgres_cpu_s"]
     peaks = got.pop("peaks")
     out = {
         "calls": n, "mix": list(mix), "failed": len(failed), "failures": failed[:50],
         "peak_live_calls": peaks["live_calls"], "wall_s": got["wall_s"],
         "asterisk_ms_per_call": round(1e3 * ast / n, 2),
+        "asterisk_user_sys_ms_per_call": [round(1e3 * ast_u / n, 2), round(1e3 * ast_s / n, 2)],
         "server_ms_per_call": round(1e3 * ivr / n, 3),
+        "server_user_sys_ms_per_call": [round(1e3 * ivr_u / n, 3), round(1e3 * ivr_s / n, 3)],
         "postgres_ms_per_call": None if pg is None else round(1e3 * pg / n, 3),
         "server_share_pct": round(100 * ivr / ast, 2) if ast else None,
         "asterisk_rss_peak_kib": peaks["asterisk_rss_kib"],

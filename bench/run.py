@@ -499,7 +499,9 @@ def pbx_rows(px: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
             f"6. {r['calls']} real calls through Asterisk",
             f"consent-ivr {_f(r['server_share_pct'])} % of Asterisk's CPU",
             f"CPU/call: Asterisk {_f(r['asterisk_ms_per_call'])} ms, consent-ivr "
-            f"{r['server_ms_per_call']} ms, PostgreSQL {_f(r['postgres_ms_per_call'])} ms",
+            f"{r['server_ms_per_call']} ms (user {r['server_user_sys_ms_per_call'][0]} + "
+            f"sys {r['server_user_sys_ms_per_call'][1]}), PostgreSQL "
+            f"{_f(r['postgres_ms_per_call'])} ms",
             f"RSS peak: Asterisk {_f(r['asterisk_rss_peak_kib'])} KiB, consent-ivr "
             f"{_f(r['server_rss_peak_kib'])} KiB; peak live {r['peak_live_calls']}; "
             f"failed {r['failed']}"))
