@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import procs
 
-PARTS = ("sessions", "instructions", "hold", "storm", "screen", "pacing")
+PARTS = ("sessions", "instructions", "hold", "storm", "screen", "pacing", "pbx")
 SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
            "panoramisk-uvloop", "panoramisk-db", "raw-db-uvloop", "panoramisk-db-uvloop")
 
@@ -359,6 +359,15 @@ def part_pacing(ctx: dict[str, Any]) -> dict[str, Any]:
     return pacing.run(ctx)
 
 
+# --------------------------------------------------------------------------- part 6
+
+
+def part_pbx(ctx: dict[str, Any]) -> dict[str, Any]:
+    from bench import pbx
+
+    return pbx.run(ctx)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -470,10 +479,33 @@ def table(res: dict[str, Any]) -> str:
             if pc.get("gate_decisions_per_s") is not None:
                 rows.append(("5. gate decisions", f"{_f(pc['gate_decisions_per_s'])} /s",
                              pc.get("gate_note", ""), ""))
+    rows.extend(pbx_rows(res.get("pbx")))
     widths = [max(len(r[i]) for r in rows) if rows else 0 for i in range(4)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
     return "\n".join(lines)
+
+
+def pbx_rows(px: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """Part 6's rows: per call, each process's CPU, the share, memory, failures."""
+    if not px:
+        return []
+    if px.get("available") is False:
+        return [("6. a call priced against Asterisk", "not available", px.get("reason", ""),
+                 "")]
+    rows = []
+    for r in px["levels"]:
+        rows.append((
+            f"6. {r['calls']} real calls through Asterisk",
+            f"consent-ivr {_f(r['server_share_pct'])} % of Asterisk's CPU",
+            f"CPU/call: Asterisk {_f(r['asterisk_ms_per_call'])} ms, consent-ivr "
+            f"{r['server_ms_per_call']} ms (user {r['server_user_sys_ms_per_call'][0]} + "
+            f"sys {r['server_user_sys_ms_per_call'][1]}), PostgreSQL "
+            f"{_f(r['postgres_ms_per_call'])} ms",
+            f"RSS peak: Asterisk {_f(r['asterisk_rss_peak_kib'])} KiB, consent-ivr "
+            f"{_f(r['server_rss_peak_kib'])} KiB; peak live {r['peak_live_calls']}; "
+            f"failed {r['failed']}"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="caller think time per reply for the paced latency run")
     parser.add_argument("--targets", nargs="+", choices=INSTRUCTION_TARGETS,
                         help="part 1b: count only these servers (an A/B of one change)")
+    parser.add_argument("--pbx-levels", type=int, nargs="+", metavar="N",
+                        help="part 6: concurrent calls per level (default 50 200 500, "
+                             "--quick 10)")
+    parser.add_argument("--pbx-profile", type=Path, metavar="DIR",
+                        help="part 6: record consent-ivr with py-spy at each level "
+                             "(raw stacks in DIR/pbx-N.txt)")
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
     args = parser.parse_args(argv)
     nofile = procs.raise_nofile()
@@ -496,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
                            "rounds": args.rounds or (1 if args.quick else 2),
-                           "targets": args.targets,
+                           "targets": args.targets, "pbx_levels": args.pbx_levels,
+                           "pbx_profile": args.pbx_profile,
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                               "nofile_limit": nofile,
@@ -507,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx["db"] = db
     parts = {"sessions": part_sessions, "instructions": part_instructions,
              "hold": part_hold, "storm": part_storm,
-             "screen": part_screen, "pacing": part_pacing}
+             "screen": part_screen, "pacing": part_pacing, "pbx": part_pbx}
     try:
         for name in args.only or PARTS:
             print(f"{name} ...", file=sys.stderr, flush=True)

@@ -93,3 +93,56 @@ def test_ablation_launcher_refuses_unknown_parts() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.ablate", "logs"], cwd=repo_root(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_pbx_part_prices_real_calls(pg_root_url: str, tmp_path: object) -> None:
+    """Part 6 at its smallest: two real opt-out calls through Asterisk, every figure out.
+
+    Opt-outs only (the shortest call the kit has, about 23 s of audio) to stay near
+    half a minute; the figures are printed, never compared with a threshold.
+    """
+    from pathlib import Path
+
+    import pytest
+
+    from bench import pbx, procs
+    from bench.run import pbx_rows
+    from tests.asterisk.pbx import Unavailable, find_asterisk
+
+    try:
+        binary = find_asterisk()
+    except Unavailable as exc:
+        pytest.skip(f"real-Asterisk tier: {exc}")
+    db = procs.Database()
+    db.root_url = pg_root_url
+    ctx = {"quick": True, "workdir": Path(str(tmp_path)), "db": db}
+    res = pbx.level(ctx, binary, 2, 99, mix=("opt_out",))
+    print("\n".join(" | ".join(row) for row in pbx_rows({"levels": [res]})))
+    assert res["failed"] == 0, res["failures"]
+    assert res["peak_live_calls"] == 2
+    for key in ("asterisk_ms_per_call", "server_ms_per_call", "server_share_pct",
+                "asterisk_rss_peak_kib", "server_rss_peak_kib", "asterisk_hwm_kib"):
+        assert res[key] is not None and res[key] > 0, key
+
+
+def test_pbx_part_names_every_call_not_as_scripted() -> None:
+    """A wrong result, a missing ledger row or a call that never ended is a failure."""
+    from bench.pbx import _failures
+    from tests.asterisk.pbx import CallRecord
+
+    def record(result: str, event_id: str) -> CallRecord:
+        rec = CallRecord("L1", channels={"Local/x@test-line-1;1", "Local/x@test-line-1;2"})
+        line = "Local/x@test-line-1;2"
+        rec.variables = [(line, "CONSENT_RESULT", result), (line, "AGISTATUS", "SUCCESS"),
+                         (line, "CONSENT_EVENT_ID", event_id)]
+        return rec
+
+    calls = [("+1", "opt_in"), ("+2", "opt_in"), ("+3", "opt_out"), ("+4", "opt_out")]
+    records = [record("opted_in", "7"), record("opted_out", "8"), record("opted_out", "9"),
+               AssertionError("call L4 did not end within 240 s")]
+    ledger = {"+1": [(7, "opt_in")], "+2": [(8, "opt_out")], "+3": [], "+4": []}
+    failed = _failures(calls, records, ledger)
+    assert [f["caller"] for f in failed] == ["+2", "+3", "+4"]
+    assert failed[0]["why"] == ["CONSENT_RESULT='opted_out'", "ledger holds ['opt_out']"]
+    assert failed[1]["why"] == ["ledger holds []"]
+    assert "did not end" in failed[2]["why"][0]
