@@ -1,4 +1,4 @@
-"""What a flow gets for one call: the channel, the AGI environment, timing, a logger."""
+"""What a flow gets for one call: the AGI session (``agi``), its environment, timing, a logger."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agi.channel import Channel
+from agi.channel import AGIChannel
 from agi.protocol import AGIEnv
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ __all__ = ["Call", "RouteHandler"]
 class Call:
     """One FastAGI session, as handed to a route handler."""
 
-    channel: Channel
+    agi: AGIChannel
     route: str
     params: dict[str, str]
     call_id: str
@@ -43,7 +43,7 @@ class Call:
 
     @property
     def env(self) -> AGIEnv:
-        return self.channel.env
+        return self.agi.env
 
     def offset_ms(self) -> int:
         """Milliseconds since the call reached the server."""

@@ -30,7 +30,7 @@ from agi.protocol import (
     encode_command,
 )
 
-__all__ = ["AGIStream", "Channel", "GetDataResult", "PlaybackResult", "ReplyTimeout"]
+__all__ = ["AGIChannel", "AGIStream", "GetDataResult", "PlaybackResult", "ReplyTimeout"]
 
 
 class ReplyTimeout(AGIHangup):
@@ -70,7 +70,7 @@ class AGIStream(asyncio.Protocol):
     coroutine waiting, with no stream buffer, no read() call and no timeout context per
     command in between (the read path was ~10 % of the server's CPU per call). Phase 1
     parses the environment block (:meth:`read_env`); phase 2 queues replies for
-    :class:`Channel`. Reply deadlines share one lazily re-armed timer per connection.
+    :class:`AGIChannel`. Reply deadlines share one lazily re-armed timer per connection.
     """
 
     #: complete replies nobody has asked for yet; real Asterisk sends one per command
@@ -151,7 +151,7 @@ class AGIStream(asyncio.Protocol):
         except ProtocolError as exc:
             self._stop(exc)
         self._stop(None)
-        return True  # keep the socket writable; Channel.close() closes it
+        return True  # keep the socket writable; AGIChannel.close() closes it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop(AGIHangup(f"AGI connection lost: {exc}") if exc is not None else None)
@@ -211,7 +211,7 @@ class AGIStream(asyncio.Protocol):
     def waiter(self, timeout: float) -> asyncio.Future[None]:
         """A future the next reply, the end of the connection or the deadline completes.
 
-        Not a coroutine: :meth:`Channel.command` awaits the future itself, so waiting
+        Not a coroutine: :meth:`AGIChannel.command` awaits the future itself, so waiting
         for a reply creates no coroutine of its own (one per command, ~10 a call).
         Raises at once when the connection has ended or the deadline has passed.
         """
@@ -270,7 +270,7 @@ class AGIStream(asyncio.Protocol):
             await self._closed
 
 
-class Channel:
+class AGIChannel:
     """Typed AGI verbs for one call. Verbs map 1:1: ``STREAM FILE`` → :meth:`stream_file`."""
 
     def __init__(

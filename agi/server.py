@@ -22,7 +22,7 @@ import structlog
 
 from agi import channel_vars as cv
 from agi.call import Call, RouteHandler
-from agi.channel import AGIStream, Channel
+from agi.channel import AGIChannel, AGIStream
 from agi.config import Settings
 from agi.logconfig import error_summary
 from agi.protocol import AGIEnv, AGIError, AGIHangup, HeaderError
@@ -201,7 +201,7 @@ class AGIServer:
         structlog.contextvars.bind_contextvars(
             call_id=call_id, uniqueid=env.uniqueid, channel=env.channel, route=route or "/"
         )
-        channel = Channel(
+        channel = AGIChannel(
             env,
             stream,
             command_timeout=self.settings.command_timeout,
@@ -210,7 +210,7 @@ class AGIServer:
         # one bound logger for the call's lines: the module's lazy proxy binds a new one on
         # every line (~2.7 µs of a ~12 µs line)
         call_log = log.bind()
-        call = Call(channel=channel, route=route, params=params, call_id=call_id, log=call_log)
+        call = Call(agi=channel, route=route, params=params, call_id=call_id, log=call_log)
         if self.sessions is not None:
             self.sessions.started(call, peer)
         self.calls_total += 1
@@ -260,7 +260,7 @@ class AGIServer:
             structlog.contextvars.unbind_contextvars("call_id", "uniqueid", "channel", "route")
 
     @staticmethod
-    async def _mark_error(channel: Channel) -> None:
+    async def _mark_error(channel: AGIChannel) -> None:
         """Best effort: leave CONSENT_RESULT=error for the dialplan (works on dead channels)."""
         if channel.closed:
             return

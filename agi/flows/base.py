@@ -1,7 +1,7 @@
 """What flows depend on: small interfaces, and the prompt/keypad helpers they share.
 
 Flows hold no SQL and no sockets. They talk to the caller through
-:class:`agi.channel.Channel` verbs and to storage through :class:`DecisionStore`.
+:class:`agi.channel.AGIChannel` verbs and to storage through :class:`DecisionStore`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Dialogue:
         caller did not hear it, so the flow must not go on as if they had.
         """
         prompt = self.prompts.get(prompt_id, self.lang)
-        result = await self.call.channel.stream_file(
+        result = await self.call.agi.stream_file(
             self.prompts.path_for(prompt_id), escape, max_seconds=prompt.deadline_s()
         )
         self.heard.append(prompt.heard(interrupted=result.digit is not None,
@@ -138,7 +138,7 @@ class Dialogue:
         offset = ignored = 0
         while True:
             escape = ALL_KEYS if ignored < MAX_IGNORED_KEYS else stop
-            result = await self.call.channel.stream_file(
+            result = await self.call.agi.stream_file(
                 path, escape, offset=offset, max_seconds=prompt.deadline_s(offset)
             )
             if result.digit is None:
@@ -165,7 +165,7 @@ class Dialogue:
         commands is lost by Asterisk (transcript 29), so the wait must not have a gap.
         """
         prompt = self.prompts.get(prompt_id, self.lang)
-        result = await self.call.channel.get_option(
+        result = await self.call.agi.get_option(
             self.prompts.path_for(prompt_id), escape, timeout_ms, max_seconds=prompt.deadline_s()
         )
         interrupted = result.digit is not None and (

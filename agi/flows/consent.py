@@ -92,7 +92,7 @@ class ConsentFlow:
 
     async def capture_consent(self, call: Call) -> None:
         s = self.settings
-        ch = call.channel
+        ch = call.agi
         dialogue = Dialogue(call=call, prompts=self.prompts)
         # The safe value first: anything that ends this call early leaves "error".
         await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
@@ -173,7 +173,7 @@ class ConsentFlow:
     async def _keyed_number(self, call: Call, dialogue: Dialogue) -> _Number:
         """Withheld or invalid caller ID: the caller keys in their number, then confirms."""
         s = self.settings
-        ch = call.channel
+        ch = call.agi
         for _ in range(s.max_tries):
             prompt = self.prompts.get("enter-number", dialogue.lang)
             got = await ch.get_data(
@@ -283,8 +283,8 @@ class ConsentFlow:
             number=number.e164,
         )
         # Durable now: only from here may the caller hear that it was recorded.
-        await call.channel.set_variable(cv.CONSENT_EVENT_ID, str(result.event_id or ""))
-        await call.channel.set_variable(
+        await call.agi.set_variable(cv.CONSENT_EVENT_ID, str(result.event_id or ""))
+        await call.agi.set_variable(
             cv.CONSENT_RESULT, cv.RESULT_OPTED_IN if opted_in else cv.RESULT_OPTED_OUT
         )
         await dialogue.play("opted-in" if opted_in else "opted-out")

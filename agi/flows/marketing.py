@@ -191,7 +191,7 @@ class MarketingFlow:
     # ----------------------------------------------------------------- the flow
 
     async def play_marketing(self, call: Call) -> None:
-        ch = call.channel
+        ch = call.agi
         dialogue = Dialogue(call=call, prompts=self.prompts)
         ctx = _Context(call_started_at=call.started_at)
         await ch.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
@@ -381,7 +381,7 @@ class MarketingFlow:
         decision: policy.Decision,
         event_id: int | None,
     ) -> None:
-        ch = call.channel
+        ch = call.agi
         env = call.env
         call.outcome = cv.RESULT_REFUSED
         self.metrics.marketing_refused(decision.reason)
@@ -450,7 +450,7 @@ class MarketingFlow:
 
     async def _reconfirm(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Store the fresh opt-in the callee keyed; durable before the campaign audio."""
-        ch = call.channel
+        ch = call.agi
         assert ctx.campaign is not None
         if not dialogue.heard_in_full(f"statement-{ctx.campaign.purpose}"):
             # unreachable by the steps above; no fresh opt-in without the statement heard whole
@@ -474,7 +474,7 @@ class MarketingFlow:
 
     async def _opt_out(self, call: Call, dialogue: Dialogue, ctx: _Context) -> None:
         """Record the opt-out (durably), then confirm in one line and hang up."""
-        ch = call.channel
+        ch = call.agi
         decision = self._decision(
             dialogue, ctx, "marketing-opt-out", "opt_out", "ivr_outbound_opt_out"
         )

@@ -1,7 +1,7 @@
-"""agi.channel.Channel against the FakeAsterisk (and a few raw peers) over real TCP.
+"""agi.channel.AGIChannel against the FakeAsterisk (and a few raw peers) over real TCP.
 
 A tiny asyncio server accepts one connection on an AGIStream, reads the env block and
-builds a Channel exactly as the real server does. Every assertion is made here, outside the
+builds a AGIChannel exactly as the real server does. Every assertion is made here, outside the
 server, on what the channel returned and on what the fake recorded.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agi.channel import AGIStream, Channel, GetDataResult, PlaybackResult, ReplyTimeout
+from agi.channel import AGIChannel, AGIStream, GetDataResult, PlaybackResult, ReplyTimeout
 from agi.protocol import (
     AGIAppError,
     AGIDeadChannel,
@@ -25,21 +25,21 @@ from agi.protocol import (
 )
 from tests.fakes import HANGUP, SILENCE, USAGE, CallRecord, FakeAsterisk
 
-Scenario = Callable[[Channel], Awaitable[Any]]
+Scenario = Callable[[AGIChannel], Awaitable[Any]]
 
 
-async def _accept_one(stream: AGIStream, **channel_kwargs: Any) -> Channel:
+async def _accept_one(stream: AGIStream, **channel_kwargs: Any) -> AGIChannel:
     env = await stream.read_env(5.0)
-    return Channel(env, stream, **channel_kwargs)
+    return AGIChannel(env, stream, **channel_kwargs)
 
 
 async def run_call(
     scenario: Scenario, channel_kwargs: dict | None = None, **fake_kwargs: Any
-) -> tuple[Any, CallRecord, Channel]:
+) -> tuple[Any, CallRecord, AGIChannel]:
     """Run ``scenario(channel)`` against a FakeAsterisk; return (result or exception, record)."""
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future = loop.create_future()
-    channels: list[Channel] = []
+    channels: list[AGIChannel] = []
 
     async def handle(stream: AGIStream) -> None:
         channel = await _accept_one(stream, **(channel_kwargs or {}))
@@ -71,7 +71,7 @@ async def run_call(
 
 
 async def test_answer_noop_verbose() -> None:
-    async def scenario(ch: Channel) -> None:
+    async def scenario(ch: AGIChannel) -> None:
         await ch.answer()
         await ch.noop()
         await ch.noop("step 1")
@@ -217,7 +217,7 @@ VALUES = [
 
 
 async def test_set_and_get_variable_round_trip_exactly() -> None:
-    async def scenario(ch: Channel) -> list[str | None]:
+    async def scenario(ch: AGIChannel) -> list[str | None]:
         out = []
         for i, value in enumerate(VALUES):
             await ch.set_variable(f"CONSENT_V{i}", value)
@@ -235,7 +235,7 @@ async def test_set_and_get_variable_round_trip_exactly() -> None:
 
 
 async def test_exec() -> None:
-    async def scenario(ch: Channel) -> list[Any]:
+    async def scenario(ch: AGIChannel) -> list[Any]:
         out: list[Any] = [await ch.exec("Playback", "beep,noanswer"), await ch.exec("Set", "X=42")]
         try:
             await ch.exec("NoSuchApp", "foo")
@@ -252,7 +252,7 @@ async def test_exec() -> None:
 
 
 async def test_hangup_verb_and_channel_status() -> None:
-    async def scenario(ch: Channel) -> list[int]:
+    async def scenario(ch: AGIChannel) -> list[int]:
         before = await ch.channel_status()
         await ch.answer()
         after = await ch.channel_status()
@@ -272,7 +272,7 @@ async def test_hangup_verb_and_channel_status() -> None:
 async def test_hangup_notice_before_the_reply() -> None:
     """Transcript 30: HANGUP arrives between a command and its reply; the reply still comes."""
 
-    async def scenario(ch: Channel) -> bool:
+    async def scenario(ch: AGIChannel) -> bool:
         await ch.answer()
         await ch.noop()
         return ch.hung_up
@@ -287,7 +287,7 @@ async def test_hangup_notice_before_the_reply() -> None:
 
 
 async def test_dead_channel_511() -> None:
-    async def scenario(ch: Channel) -> Any:
+    async def scenario(ch: AGIChannel) -> Any:
         await ch.answer()
         await ch.noop()  # still allowed after hangup
         await ch.set_variable("CONSENT_RESULT", "no_decision")  # allowed too
@@ -315,7 +315,7 @@ async def test_usage_error_520(docs: bool) -> None:
 async def test_replies_split_across_reads() -> None:
     """Nagle-like gaps between the lines of a burst (520 block, -1 then HANGUP)."""
 
-    async def scenario(ch: Channel) -> list[Any]:
+    async def scenario(ch: AGIChannel) -> list[Any]:
         out: list[Any] = []
         try:
             await ch.command("GET VARIABLE")
@@ -340,10 +340,10 @@ async def _raw_peer(
     script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     scenario: Scenario,
     **channel_kwargs: Any,
-) -> tuple[Any, Channel]:
+) -> tuple[Any, AGIChannel]:
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future = loop.create_future()
-    channels: list[Channel] = []
+    channels: list[AGIChannel] = []
 
     async def handle(stream: AGIStream) -> None:
         ch = await _accept_one(stream, **channel_kwargs)
@@ -414,7 +414,7 @@ async def test_hangup_in_the_same_read_as_the_env_block() -> None:
         writer.write(b"200 result=0\n")
         await writer.drain()
 
-    async def scenario(ch: Channel) -> tuple[bool, bool]:
+    async def scenario(ch: AGIChannel) -> tuple[bool, bool]:
         before = ch.hung_up
         await ch.noop()
         return before, ch.hung_up
@@ -435,7 +435,7 @@ async def test_deadline_follows_each_command_after_a_long_one() -> None:
         await reader.readline()  # ANSWER: never answered
         await reader.read()
 
-    async def scenario(ch: Channel) -> Any:
+    async def scenario(ch: AGIChannel) -> Any:
         played = await ch.stream_file("beep", max_seconds=5)
         t0 = asyncio.get_running_loop().time()
         try:
@@ -458,7 +458,7 @@ async def test_a_flood_of_unsolicited_replies_is_cut_off() -> None:
         writer.write(b"200 result=0\n" * (AGIStream.MAX_QUEUED + 10))
         await reader.read()
 
-    async def scenario(ch: Channel) -> str:
+    async def scenario(ch: AGIChannel) -> str:
         await ch.answer()  # the first reply answers it
         await asyncio.sleep(0.2)  # the flood arrives
         await ch.noop()
@@ -481,7 +481,7 @@ async def test_commands_from_two_coroutines_go_one_at_a_time() -> None:
             writer.write(b"200 result=0\n")
         await reader.read()
 
-    async def scenario(ch: Channel) -> int:
+    async def scenario(ch: AGIChannel) -> int:
         await asyncio.gather(ch.noop("a"), ch.noop("b"))
         return ch.commands_sent
 
@@ -529,7 +529,7 @@ async def test_each_command_is_observed_with_its_outcome() -> None:
         await reader.readline()  # NOOP: never answered
         await reader.read()
 
-    async def scenario(ch: Channel) -> list[str]:
+    async def scenario(ch: AGIChannel) -> list[str]:
         outcomes = []
         await ch.exec("Wait", "1")
         for call in (lambda: ch.command("BOGUS"), ch.answer, ch.noop):
@@ -561,7 +561,7 @@ async def test_a_cancelled_wait_releases_the_command_slot() -> None:
         writer.write(b"200 result=0\n")
         await reader.read()
 
-    async def scenario(ch: Channel) -> Any:
+    async def scenario(ch: AGIChannel) -> Any:
         waiting = asyncio.create_task(ch.get_option("beep", "12", 1000))
         await asyncio.sleep(0.05)
         waiting.cancel()
