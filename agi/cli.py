@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from agi.commands import Command, RouteDeps
 from agi.config import ConfigError, Settings
 from agi.logconfig import configure_logging, flush_logs
 
@@ -147,7 +148,6 @@ async def open_database(
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from agi.flows.consent import ConsentFlow
     from agi.journal import Journal
     from agi.ledger import Ledger
     from agi.lifecycle import StopSignals
@@ -171,12 +171,11 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         journal = Journal(settings.journal_dir)
         metrics = install(Metrics())
         store = LedgerStore(ledger, journal, metrics=metrics)
+        deps = RouteDeps(pool=pool, store=store, prompts=prompts, metrics=metrics)
         try:
-            routes: dict[str, Any] = {"consent": ConsentFlow(settings, store, prompts)}
+            routes = {name: factory(settings, deps) for name, factory in route_table().items()}
         except PromptError as exc:
             raise CommandError(str(exc)) from exc
-        for name, factory in ROUTE_FACTORIES.items():
-            routes[name] = factory(settings, pool, store, prompts)
         sessions = CallSessions(pool, instance=settings.instance,
                                 default_region=settings.default_region,
                                 timeout=settings.db_timeout)
@@ -423,21 +422,32 @@ async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
-#: route name → factory(settings, pool, store, prompts) -> RouteHandler; filled by plugins
-ROUTE_FACTORIES: dict[str, Callable[..., Any]] = {}
-#: one-line help of extra subcommands, for ``consent-ivr --help``
-COMMAND_HELP: dict[str, str] = {}
-#: extra subcommands: name → (add_arguments(parser), handler)
-EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
 
-def _load_plugins() -> None:
-    """Import the feature modules that register routes and subcommands.
+def command_table() -> tuple[Command, ...]:
+    """Every feature subcommand, by module: the one table ``build_parser`` reads.
 
-    Never guarded: a broken import must stop the command line with its traceback, not
-    silently drop every command and route registered after it (the marketing route too).
+    Imported here, when the command line starts, never guarded: a module that fails to
+    import stops the command line with its traceback instead of dropping commands.
     """
-    import agi.commands  # noqa: F401
+    from agi.commands import campaign, doctor, evidence_html, ledger_tools, prompts, report
+
+    return (*campaign.COMMANDS, *doctor.COMMANDS, *evidence_html.COMMANDS,
+            *ledger_tools.COMMANDS, *prompts.COMMANDS, *report.COMMANDS)
+
+
+def route_table() -> dict[str, Callable[[Settings, RouteDeps], Any]]:
+    """Every AGI route ``serve`` offers: name → ``factory(settings, deps)`` → handler."""
+    from agi.commands.marketing import marketing_route
+
+    return {"consent": consent_route, "marketing": marketing_route}
+
+
+def consent_route(settings: Settings, deps: RouteDeps) -> Any:
+    """Route ``consent``: inbound (and agent-transferred) consent capture."""
+    from agi.flows.consent import ConsentFlow
+
+    return ConsentFlow(settings, deps.store, deps.prompts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,10 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uniqueid", default=None, help="Asterisk uniqueid (default: time.pid)")
     p.set_defaults(handler=cmd_simulate)
 
-    for name, (add_args, handler) in sorted(EXTRA_COMMANDS.items()):
-        p = sub.add_parser(name, help=COMMAND_HELP.get(name))
-        add_args(p)
-        p.set_defaults(handler=handler)
+    for command in sorted(command_table(), key=lambda c: c.name):
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(handler=command.handler)
     return parser
 
 
@@ -499,7 +509,6 @@ _FLAG_SETTINGS = ("host", "port", "log_format", "log_level")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_plugins()
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k, None) for k in _FLAG_SETTINGS}

@@ -1,39 +1,38 @@
-"""Feature subcommands and routes, registered with the CLI.
+"""Feature subcommands and the routes beyond ``consent``: each module lists what it adds.
 
-Each module here calls :func:`register_command` and/or :func:`register_route` at
-import time; :func:`agi.cli.main` imports them all (``pkgutil``), so adding a feature
-never means editing the CLI core.
+A command module defines ``COMMANDS``, a tuple of :class:`Command`; a route module a
+factory ``(settings, deps) -> handler``. :mod:`agi.cli` names every one of them in its two
+tables (:func:`agi.cli.command_table`, :func:`agi.cli.route_table`), so what the command
+line and the server offer is read in one place, and nothing registers itself on import: a
+module that fails to import stops the command line, it never silently drops a command.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from agi import cli
-
-__all__ = ["register_command", "register_route"]
+__all__ = ["Command", "RouteDeps"]
 
 
-def register_command(
-    name: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    handler: Callable[[Any, argparse.Namespace], Awaitable[int]],
-    help: str | None = None,
-) -> None:
-    """Add ``consent-ivr NAME``; ``handler(settings, args)`` returns the exit code."""
-    cli.EXTRA_COMMANDS[name] = (add_arguments, handler)
-    if help:
-        cli.COMMAND_HELP[name] = help
+@dataclass(frozen=True, slots=True)
+class Command:
+    """``consent-ivr NAME``: ``add_arguments(parser)``; ``handler(settings, args)`` → exit code."""
+
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[Any, argparse.Namespace], Awaitable[int]]
+    help: str
 
 
-def register_route(name: str, factory: Callable[..., Any]) -> None:
-    """Add an AGI route; ``factory(settings, pool, store, prompts)`` returns the handler."""
-    cli.ROUTE_FACTORIES[name] = factory
+@dataclass(frozen=True, slots=True)
+class RouteDeps:
+    """What ``serve`` hands every route factory: the pool, the decision store, the prompts,
+    the process's metrics (passed in, never fetched from a global)."""
 
-
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+    pool: Any
+    store: Any
+    prompts: Any
+    metrics: Any = None

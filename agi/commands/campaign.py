@@ -23,7 +23,7 @@ from agi.campaigns import (
     RejectedRow,
 )
 from agi.cli import CommandError, open_pool
-from agi.commands import register_command
+from agi.commands import Command
 from agi.config import Settings
 from agi.gate import JournalUnreadable, journal_opt_outs
 
@@ -356,24 +356,16 @@ async def _dialer(settings: Settings, args: argparse.Namespace) -> int:
     return await _run_dialer(settings, args, None)
 
 
-register_command(
-    "campaign", _campaign_args, _campaign,
-    help="create, show, list, pause or resume a campaign",
-)
-register_command(
-    "contacts", _contacts_args, _contacts,
-    help="import a campaign's contact list (CSV)",
-)
-register_command(
-    "suppression", _suppression_args, _suppression,
-    help="import a TPS/CTPS/US-DNC/internal suppression snapshot",
-)
-register_command(
-    "screen", _screen_args, _screen,
-    help="dry run: who could we lawfully call now, and why not",
-)
-register_command("dial", _dial_args, _dial, help="run one campaign to completion over AMI")
-register_command(
-    "dialer", _dialer_args, _dialer,
-    help="long-running dialer worker for every active campaign",
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("campaign", _campaign_args, _campaign,
+            help="create, show, list, pause or resume a campaign"),
+    Command("contacts", _contacts_args, _contacts, help="import a campaign's contact list (CSV)"),
+    Command("suppression", _suppression_args, _suppression,
+            help="import a TPS/CTPS/US-DNC/internal suppression snapshot"),
+    Command("screen", _screen_args, _screen,
+            help="dry run: who could we lawfully call now, and why not"),
+    Command("dial", _dial_args, _dial, help="run one campaign to completion over AMI"),
+    Command("dialer", _dialer_args, _dialer,
+            help="long-running dialer worker for every active campaign"),
 )

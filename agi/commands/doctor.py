@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agi.commands import register_command
+from agi.commands import Command
 from agi.config import Settings
 
 __all__ = ["Check", "run_checks"]
@@ -259,5 +259,7 @@ def _journal(settings: Settings) -> Check:
     return Check(True, f"journal empty ({settings.journal_dir})")
 
 
-register_command("doctor", _args, cmd_doctor,
-                 help="check the installation; ✓/✗ per check with the fix")
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("doctor", _args, cmd_doctor, help="check the installation; ✓/✗ per check with the fix"),
+)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agi.commands import register_command
+from agi.commands import Command
 
 __all__: list[str] = []
 
@@ -49,7 +49,8 @@ async def cmd_evidence_html(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "evidence-html", _args, cmd_evidence_html,
-    help="evidence of one number as a self-contained HTML page",
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("evidence-html", _args, cmd_evidence_html,
+            help="evidence of one number as a self-contained HTML page"),
 )

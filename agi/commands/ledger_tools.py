@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from agi.commands import register_command
+from agi.commands import Command
 
 __all__: list[str] = []
 
@@ -67,11 +67,10 @@ async def cmd_evidence(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "verify-ledger", _verify_args, cmd_verify_ledger,
-    help="walk the ledger's hash chain; name the first broken link",
-)
-register_command(
-    "evidence", _evidence_args, cmd_evidence,
-    help="everything about one number, with the chain proof",
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("verify-ledger", _verify_args, cmd_verify_ledger,
+            help="walk the ledger's hash chain; name the first broken link"),
+    Command("evidence", _evidence_args, cmd_evidence,
+            help="everything about one number, with the chain proof"),
 )

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from agi.campaigns import CampaignStore
-from agi.commands import register_route
+from agi.commands import RouteDeps
 from agi.config import Settings
 from agi.flows.marketing import MarketingFlow
 from agi.gate import journal_opt_outs
-from agi.prompts import PromptCatalogue
 
 __all__ = ["marketing_route"]
 
 
-def marketing_route(
-    settings: Settings, pool: Any, store: Any, prompts: PromptCatalogue
-) -> MarketingFlow:
+def marketing_route(settings: Settings, deps: RouteDeps) -> MarketingFlow:
     """Wire the flow to the campaign store and this process's durable journal."""
 
     async def opt_outs(organisation: str) -> frozenset[str]:
@@ -25,11 +21,9 @@ def marketing_route(
 
     return MarketingFlow(
         settings,
-        CampaignStore(pool, timeout=settings.db_timeout),
-        store,
-        prompts,
+        CampaignStore(deps.pool, timeout=settings.db_timeout),
+        deps.store,
+        deps.prompts,
         journal_opt_outs=opt_outs,
+        metrics=deps.metrics,
     )
-
-
-register_route("marketing", marketing_route)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agi.commands import register_command
+from agi.commands import Command
 
 __all__: list[str] = []
 
@@ -80,5 +80,8 @@ async def cmd_prompts(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("prompts", _args, cmd_prompts,
-                 help="build the prompts for your organisation, or import your recordings")
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("prompts", _args, cmd_prompts,
+            help="build the prompts for your organisation, or import your recordings"),
+)

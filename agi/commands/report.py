@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from agi.commands import register_command
+from agi.commands import Command
 
 __all__: list[str] = []
 
@@ -88,4 +88,7 @@ async def _write(path: Path, text: str) -> None:
         raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-register_command("report", _args, cmd_report, help="campaign compliance report (HTML or JSON)")
+#: what this module adds to ``consent-ivr`` (listed in agi.cli.command_table)
+COMMANDS = (
+    Command("report", _args, cmd_report, help="campaign compliance report (HTML or JSON)"),
+)

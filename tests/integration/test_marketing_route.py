@@ -17,6 +17,7 @@ import pytest
 import agi.flows.marketing as marketing_module
 from agi import policy
 from agi.campaigns import Campaign, CampaignStore
+from agi.commands import RouteDeps
 from agi.commands.marketing import marketing_route
 from agi.config import Settings
 from agi.journal import Journal
@@ -76,7 +77,7 @@ async def _stack(
     journal = Journal(settings.journal_dir)
     store = LedgerStore(ledger, journal)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
-    route = marketing_route(settings, flow_pool or pool, store, prompts)
+    route = marketing_route(settings, RouteDeps(flow_pool or pool, store, prompts))
     server = AGIServer(settings, {"marketing": route})
     await server.start()
     cstore = CampaignStore(pool, timeout=5.0)

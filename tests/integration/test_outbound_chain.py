@@ -35,10 +35,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import agi.commands  # noqa: F401 -- registers the route factories, as `consent-ivr serve` does
 import agi.metrics as metrics_module
 from agi.campaigns import Campaign, CampaignStore
-from agi.cli import ROUTE_FACTORIES
+from agi.cli import route_table
+from agi.commands import RouteDeps
 from agi.config import Settings, repo_root
 from agi.dialer import AmiClient, Dialer, DialerConfig
-from agi.flows.consent import ConsentFlow
 from agi.journal import Journal
 from agi.ledger import Ledger
 from agi.metrics import Metrics, start_exporter
@@ -191,9 +191,8 @@ async def chain(
     monkeypatch.setattr(metrics_module, "_current", metrics)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     store = LedgerStore(ledger, Journal(settings.journal_dir), metrics=metrics)
-    routes: dict[str, Any] = {"consent": ConsentFlow(settings, store, prompts)}
-    for name, factory in ROUTE_FACTORIES.items():  # as cmd_serve wires them
-        routes[name] = factory(settings, pool, store, prompts)
+    deps = RouteDeps(pool=pool, store=store, prompts=prompts, metrics=metrics)
+    routes = {name: factory(settings, deps) for name, factory in route_table().items()}  # as serve
     assert "marketing" in routes
     server = AGIServer(settings, routes, metrics=metrics)
     await server.start()

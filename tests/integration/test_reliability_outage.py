@@ -31,6 +31,7 @@ import structlog
 from agi.campaigns import CampaignStore
 from agi.chain import verify_chain
 from agi.cli import main
+from agi.commands import RouteDeps
 from agi.commands.marketing import marketing_route
 from agi.config import Settings
 from agi.flows.consent import ConsentFlow
@@ -95,7 +96,7 @@ async def test_database_stopped_during_a_burst_loses_no_decision(
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     sessions = CallSessions(pool, instance=settings.instance, timeout=1.0)
     routes = {"consent": ConsentFlow(settings, store, prompts),
-              "marketing": marketing_route(settings, pool, store, prompts)}
+              "marketing": marketing_route(settings, RouteDeps(pool, store, prompts))}
     server = AGIServer(settings, routes, sessions=sessions)
     await server.start()
 
