@@ -12,8 +12,11 @@ Both write a prompt directory ``serve`` can use (``CONSENT_IVR_SOUNDS_DIR``)::
   sox needed), checks that every prompt a flow plays is there in every language, and
   records the text each recording must say (the catalogue's, or ``--texts``).
 
-``scripts/make_prompts.py`` regenerates the repository's own ``sounds/`` with the same
-synthesis (:func:`synthesise`).
+``scripts/make_prompts.py`` regenerates the repository's own ``sounds/`` with
+:func:`build_prompts` and verifies it with :func:`check_prompt_dir`: one implementation.
+That script may run with a bare ``python3`` (no venv), so this module needs only the
+standard library and :mod:`agi.resources` at import time; :func:`required_prompt_ids`
+imports the flows when called.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import subprocess
 import tempfile
 import tomllib
 import wave
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agi import resources
-from agi.config import Settings
+
+if TYPE_CHECKING:  # agi.config needs phonenumbers; scripts/make_prompts.py must not
+    from agi.config import Settings
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -40,7 +45,9 @@ __all__ = [
     "VOICES",
     "PromptBuildError",
     "build_prompts",
+    "check_prompt_dir",
     "import_prompts",
+    "load_catalogue",
     "required_prompt_ids",
     "speakable",
     "synthesise",
@@ -55,6 +62,8 @@ SPEED_WPM = 150
 #: what import looks for, in this order of preference when one id has several
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
+_PROMPT_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# Runs of 3+ digits, possibly in space-separated groups: phone numbers. Read digit by digit.
 _DIGIT_GROUPS = re.compile(r"\d{3,}(?: \d{3,})*")
 
 
@@ -135,6 +144,22 @@ def _samples(path: Path) -> int:
         return w.getnframes()
 
 
+def _wav_format_errors(path: Path) -> list[str]:
+    """Errors if ``path`` is not an 8 kHz mono 16-bit PCM WAV with at least 0.1 s of audio."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            frames = w.getnframes()
+    except (wave.Error, EOFError) as exc:
+        return [f"{path}: not a PCM WAV file ({exc})"]
+    errors = []
+    if (rate, channels, width) != (SAMPLE_RATE, 1, 2):
+        errors.append(f"{path}: {rate} Hz, {channels} channel(s), {8 * width}-bit; want 8000/1/16")
+    if frames < SAMPLE_RATE // 10:
+        errors.append(f"{path}: only {frames} samples of audio")
+    return errors
+
+
 def load_catalogue(path: Path | None = None) -> dict[str, Any]:
     """The prompt catalogue (default: the one shipped with consent-ivr)."""
     path = path or resources.sounds_dir() / "catalogue.toml"
@@ -143,8 +168,16 @@ def load_catalogue(path: Path | None = None) -> dict[str, Any]:
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise PromptBuildError(f"cannot read the prompt catalogue {path}: {exc}") from None
-    if not isinstance(data.get("prompts"), dict) or not data["prompts"]:
-        raise PromptBuildError(f"{path}: no [prompts.<id>] tables")
+    prompts, variables = data.get("prompts"), data.get("vars", {})
+    if not isinstance(prompts, dict) or not prompts or not isinstance(variables, dict):
+        raise PromptBuildError(f"{path}: want a [vars] table and [prompts.<id>] tables")
+    for prompt_id, texts in prompts.items():
+        # the id becomes a file name and the STREAM FILE argument
+        if not _PROMPT_ID.match(prompt_id):
+            raise PromptBuildError(f"{path}: prompt id {prompt_id!r} is not lower-case-kebab")
+        if not isinstance(texts, dict) or DEFAULT_LANG not in texts:
+            raise PromptBuildError(f"{path}: prompt {prompt_id!r} has no {DEFAULT_LANG} text "
+                                   "(the language Asterisk falls back to)")
     return data
 
 
@@ -189,8 +222,13 @@ def _write_manifest(out_dir: Path, variables: dict[str, str],
     return document
 
 
+def _rel_file(prompt_id: str, lang: str) -> str:
+    """Where Asterisk looks for ``consent-ivr/<id>`` in ``lang``, relative to the sounds dir."""
+    return f"{lang}/{PROMPT_DIR}/{prompt_id}.wav"
+
+
 def _entry(out_dir: Path, prompt_id: str, lang: str, text: str) -> dict[str, Any]:
-    rel = f"{lang}/{PROMPT_DIR}/{prompt_id}.wav"
+    rel = _rel_file(prompt_id, lang)
     path = out_dir / rel
     return {"id": prompt_id, "lang": lang, "text": text, "file": rel,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "samples": _samples(path)}
@@ -223,7 +261,7 @@ def build_prompts(out_dir: Path, *, organisation: str, freephone: str,
     _check_complete(set(texts), langs, required, "the catalogue")
     entries = []
     for (prompt_id, lang), text in sorted(texts.items()):
-        out = out_dir / lang / PROMPT_DIR / f"{prompt_id}.wav"
+        out = out_dir / _rel_file(prompt_id, lang)
         out.parent.mkdir(parents=True, exist_ok=True)
         synthesise(speakable(text), lang, out)
         entries.append(_entry(out_dir, prompt_id, lang, text))
@@ -272,7 +310,7 @@ def import_prompts(src: Path, out_dir: Path, *, organisation: str, freephone: st
     sox: str | None = None
     entries = []
     for (prompt_id, lang), path in sorted(recordings.items()):
-        out = out_dir / lang / PROMPT_DIR / f"{prompt_id}.wav"
+        out = out_dir / _rel_file(prompt_id, lang)
         out.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() == ".wav" and _is_target_wav(path):
             shutil.copyfile(path, out)  # already what Asterisk plays: keep the studio's bytes
@@ -281,3 +319,54 @@ def import_prompts(src: Path, out_dir: Path, *, organisation: str, freephone: st
             _convert_with_sox(sox, path, out)
         entries.append(_entry(out_dir, prompt_id, lang, texts[(prompt_id, lang)]))
     return _write_manifest(out_dir, variables, entries)
+
+
+def check_prompt_dir(prompt_dir: Path, *, catalogue: Path | None = None,
+                     variables: Mapping[str, str] | None = None,
+                     langs: Sequence[str] | None = None) -> list[str]:
+    """Compare a prompt directory with the catalogue it was rendered from; ``[]`` = good.
+
+    Every catalogue (id, lang) — in ``langs``, default all — must be in ``manifest.json``
+    with the catalogue's text (rendered with the catalogue's ``[vars]`` updated by
+    ``variables``) and the file Asterisk looks up; every file must exist, match its sha256
+    and sample count, and be 8 kHz mono 16-bit PCM; the manifest must list nothing else
+    and be sorted by (id, lang). Reads only: needs no audio tools.
+    """
+    errors: list[str] = []
+    manifest_path = prompt_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        listed = {(p["id"], p["lang"]): p for p in manifest.get("prompts", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{manifest_path}: unreadable ({exc})"]
+    try:
+        texts = _texts(load_catalogue(catalogue), dict(variables or {}))
+    except PromptBuildError as exc:
+        return [str(exc)]
+    expected = {key: text for key, text in texts.items() if langs is None or key[1] in langs}
+    for key in sorted(expected.keys() - listed.keys()):
+        errors.append(f"catalogue prompt {key} missing from manifest: regenerate")
+    for key in sorted(listed.keys() - expected.keys()):
+        errors.append(f"manifest prompt {key} is not in the catalogue: regenerate")
+    for key in sorted(expected.keys() & listed.keys()):
+        have = listed[key]
+        for field, want in (("text", expected[key]), ("file", _rel_file(*key))):
+            if want != have.get(field):
+                errors.append(f"{key}: manifest {field} {have.get(field)!r} != {want!r}")
+        path = prompt_dir / str(have.get("file", ""))
+        if not path.is_file():
+            errors.append(f"{key}: {path} is missing")
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() != have.get("sha256"):
+            errors.append(f"{key}: {path} sha256 differs from manifest")
+        format_errors = _wav_format_errors(path)
+        errors.extend(format_errors)
+        if not format_errors:
+            with wave.open(str(path), "rb") as w:
+                samples = w.getnframes()
+            if samples != have.get("samples"):
+                errors.append(f"{key}: manifest samples {have.get('samples')} != {samples}")
+    order = [(p["id"], p["lang"]) for p in manifest.get("prompts", [])]
+    if order != sorted(order):
+        errors.append("manifest prompts are not sorted by (id, lang)")
+    return errors

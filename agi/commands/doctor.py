@@ -82,10 +82,19 @@ async def _database(settings: Settings) -> list[Check]:
     import asyncpg
 
     from agi.cli import CommandError, database_url, masked_url
+    from agi.datahome import embedded_initialised, live_runtime
     from agi.ledger import pending_migrations
 
     fix_db = ("run `consent-ivr migrate` (or `consent-ivr serve`) on this data home, or point "
               "CONSENT_IVR_DATA_DIR / DATABASE_URL at the right one")
+    home = settings.data_dir
+    if (not settings.database_url and live_runtime(home) is None
+            and not embedded_initialised(home)):
+        # said here rather than through database_url()'s error, whose sentence carries
+        # its own fix: the fix line below says it once
+        return [Check(False, f"database: no consent-ivr database in {home} (looked for "
+                             f"{home / 'postgres'})", fix_db),
+                _NOT_CHECKED]
     try:
         with database_url(settings) as url:
             try:

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -14,7 +15,13 @@ import pytest
 
 from agi.cli import main
 from agi.config import Settings, repo_root
-from agi.promptkit import PromptBuildError, build_prompts, import_prompts, required_prompt_ids
+from agi.promptkit import (
+    PromptBuildError,
+    build_prompts,
+    check_prompt_dir,
+    import_prompts,
+    required_prompt_ids,
+)
 from agi.prompts import PromptCatalogue
 
 SOUNDS = repo_root() / "sounds"
@@ -134,3 +141,38 @@ def test_build_renders_the_catalogue_for_the_organisation(
         assert hashlib.sha256((out / prompt.file).read_bytes()).hexdigest() == prompt.sha256
     assert "Acme Power plc" in catalogue.get("identify", "en").text
     assert "written to" in capsys.readouterr().out
+    # the check scripts/make_prompts.py --check runs, for this organisation and language
+    assert check_prompt_dir(out, variables=ORG, langs=["en"]) == []
+    assert any("manifest text" in e for e in check_prompt_dir(out, langs=["en"]))
+
+
+def test_check_of_the_repository_prompts_passes_and_names_each_tampering(tmp_path: Path) -> None:
+    assert check_prompt_dir(SOUNDS) == []
+    copy = tmp_path / "sounds"
+    shutil.copytree(SOUNDS, copy)
+    with (copy / "cy" / "consent-ivr" / "goodbye.wav").open("ab") as fh:
+        fh.write(b"\0\0")
+    (copy / "en" / "consent-ivr" / "opted-in.wav").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest["prompts"]:
+        if (entry["id"], entry["lang"]) == ("identify", "en"):
+            entry["text"] = "Hello."
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    errors = check_prompt_dir(copy, catalogue=SOUNDS / "catalogue.toml")
+    assert any("('goodbye', 'cy')" in e and "sha256 differs" in e for e in errors), errors
+    assert any("('opted-in', 'en')" in e and "is missing" in e for e in errors), errors
+    assert any("('identify', 'en'): manifest text 'Hello.'" in e for e in errors), errors
+    assert len(errors) == 3, errors
+
+
+def test_make_prompts_check_runs_on_the_standard_library_alone() -> None:
+    """``python3 scripts/make_prompts.py --check`` outside any venv: -S drops site-packages
+    (no phonenumbers, no editable install), -I ignores PYTHON* variables and the cwd."""
+    proc = subprocess.run(
+        [sys.executable, "-S", "-I", str(repo_root() / "scripts" / "make_prompts.py"), "--check"],
+        cwd="/", capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    count = sum(1 for _ in PromptCatalogue.load(SOUNDS))
+    assert proc.stdout == f"prompts ok: {count} files match the manifest\n"
+
