@@ -14,13 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from agi import policy
+from agi.campaign_model import Campaign, ContactFacts
 from agi.journal import Journal
-
-if TYPE_CHECKING:
-    from agi.campaigns import Campaign, ContactFacts
 
 __all__ = [
     "CAMPAIGN_BLOCKING",

@@ -22,9 +22,9 @@ from agi.campaigns import (
     CampaignStore,
     RejectedRow,
 )
-from agi.cli import CommandError, open_pool
 from agi.commands import Command
 from agi.config import Settings
+from agi.database import CommandError, open_pool
 from agi.gate import JournalUnreadable, journal_opt_outs
 
 __all__: list[str] = []

@@ -81,7 +81,7 @@ _NOT_CHECKED = Check(False, "migrations current: not checked (no database)",
 async def _database(settings: Settings) -> list[Check]:
     import asyncpg
 
-    from agi.cli import CommandError, database_url, masked_url
+    from agi.database import CommandError, database_url, masked_url
     from agi.datahome import embedded_initialised, live_runtime
     from agi.ledger import pending_migrations
 

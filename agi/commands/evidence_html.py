@@ -25,7 +25,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 async def cmd_evidence_html(settings: Any, args: argparse.Namespace) -> int:
-    from agi.cli import CommandError, open_pool
+    from agi.database import CommandError, open_pool
     from agi.numbers import normalise
     from agi.report import render_evidence_html
 

@@ -23,7 +23,7 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 
 async def cmd_verify_ledger(settings: Any, args: argparse.Namespace) -> int:
     from agi.chain import verify_chain
-    from agi.cli import open_pool
+    from agi.database import open_pool
 
     async with open_pool(settings) as pool:
         report = await verify_chain(pool)
@@ -49,7 +49,7 @@ def _evidence_args(p: argparse.ArgumentParser) -> None:
 
 
 async def cmd_evidence(settings: Any, args: argparse.Namespace) -> int:
-    from agi.cli import CommandError, open_pool
+    from agi.database import CommandError, open_pool
     from agi.evidence import build_evidence, render_text
     from agi.numbers import normalise
 

@@ -49,7 +49,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 async def cmd_prompts(settings: Any, args: argparse.Namespace) -> int:
-    from agi.cli import CommandError
+    from agi.database import CommandError
     from agi.promptkit import PromptBuildError, build_prompts, import_prompts, required_prompt_ids
     from agi.prompts import PromptCatalogue, PromptError
 

@@ -46,7 +46,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 async def cmd_report(settings: Any, args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfoNotFoundError
 
-    from agi.cli import CommandError, open_pool
+    from agi.database import CommandError, open_pool
     from agi.report import ReportError, build_report, render_html
 
     try:
@@ -80,7 +80,7 @@ async def cmd_report(settings: Any, args: argparse.Namespace) -> int:
 
 
 async def _write(path: Path, text: str) -> None:
-    from agi.cli import CommandError
+    from agi.database import CommandError
 
     try:
         await asyncio.to_thread(path.write_text, text, encoding="utf-8")
