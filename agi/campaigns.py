@@ -52,22 +52,7 @@ from agi.gate import CAMPAIGN_BLOCKING, PERMANENT, decide_dial
 from agi.ledger import DB_UNAVAILABLE, LedgerUnavailable
 from agi.numbers import fast_e164, normalise_number
 
-__all__ = [
-    "LISTS",
-    "Campaign",
-    "CampaignError",
-    "CampaignSpec",
-    "CampaignStore",
-    "Claim",
-    "ContactFacts",
-    "DialJob",
-    "DialledAttempt",
-    "ImportReport",
-    "RejectedRow",
-    "ScreenRow",
-    "SuppressionReport",
-    "parse_contacts_csv",
-]
+__all__ = ["CampaignStore", "db_failure", "parse_contacts_csv"]  # records: agi.campaign_model
 
 _NUMBER_HEADERS: Final = frozenset(
     {"number", "phone", "phone_number", "msisdn", "telephone", "tel"}

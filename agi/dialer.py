@@ -42,7 +42,8 @@ import structlog
 from panoramisk import Manager
 
 from agi import channel_vars as cv
-from agi.campaigns import CampaignStore, DialJob
+from agi.campaign_model import DialJob
+from agi.campaigns import CampaignStore
 from agi.gate import JournalUnreadable, journal_opt_outs
 from agi.ledger import DB_UNAVAILABLE
 from agi.logconfig import error_summary

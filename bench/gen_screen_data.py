@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 
-from agi.campaigns import CampaignSpec, CampaignStore
+from agi.campaign_model import CampaignSpec
+from agi.campaigns import CampaignStore
 from agi.ledger import apply_migrations
 from agi.policy import time_zones_for
 

@@ -30,7 +30,8 @@ PURPOSE = "marketing-calls"
 
 async def _setup(url: str, name: str, cps: float, n: int, consented: bool,
                  tag: int) -> Any:
-    from agi.campaigns import CampaignSpec, CampaignStore
+    from agi.campaign_model import CampaignSpec
+    from agi.campaigns import CampaignStore
     from agi.ledger import connect_pool
 
     pool = await connect_pool(url, min_size=1, max_size=10, timeout=30)

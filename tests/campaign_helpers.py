@@ -7,7 +7,8 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from agi.campaigns import Campaign, CampaignSpec, CampaignStore
+from agi.campaign_model import Campaign, CampaignSpec
+from agi.campaigns import CampaignStore
 from agi.ledger import ConsentDecision, Ledger
 
 ORG = "Example Energy Ltd"

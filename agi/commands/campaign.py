@@ -14,14 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from agi import policy
-from agi.campaigns import (
-    LISTS,
-    Campaign,
-    CampaignError,
-    CampaignSpec,
-    CampaignStore,
-    RejectedRow,
-)
+from agi.campaign_model import LISTS, Campaign, CampaignError, CampaignSpec, RejectedRow
+from agi.campaigns import CampaignStore
 from agi.commands import Command
 from agi.config import Settings
 from agi.database import CommandError, open_pool

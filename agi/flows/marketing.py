@@ -40,7 +40,7 @@ import structlog
 from agi import channel_vars as cv
 from agi import policy
 from agi.call import Call
-from agi.campaigns import Campaign, ContactFacts, DialledAttempt
+from agi.campaign_model import Campaign, ContactFacts, DialledAttempt
 from agi.config import Settings
 from agi.flows.base import DecisionStore, Dialogue, StorageUnavailable
 from agi.gate import JournalUnreadable, decide_playback

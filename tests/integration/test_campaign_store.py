@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from agi.campaigns import CampaignError, CampaignStore, parse_contacts_csv
+from agi.campaign_model import CampaignError
+from agi.campaigns import CampaignStore, parse_contacts_csv
 from tests.campaign_helpers import consent, fresh_lists, make_campaign
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agi.campaigns import Campaign, CampaignStore
+from agi.campaign_model import Campaign
+from agi.campaigns import CampaignStore
 from agi.dialer import AmiClient, AmiError, Dialer, DialerConfig
 from tests.campaign_helpers import consent, fresh_lists, make_campaign
 from tests.fake_ami import FakeAMI

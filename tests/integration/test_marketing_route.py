@@ -16,7 +16,8 @@ import pytest
 
 import agi.flows.marketing as marketing_module
 from agi import policy
-from agi.campaigns import Campaign, CampaignStore
+from agi.campaign_model import Campaign
+from agi.campaigns import CampaignStore
 from agi.commands import RouteDeps
 from agi.commands.marketing import marketing_route
 from agi.config import Settings

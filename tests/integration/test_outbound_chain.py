@@ -34,7 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agi.commands  # noqa: F401 -- registers the route factories, as `consent-ivr serve` does
 import agi.metrics as metrics_module
-from agi.campaigns import Campaign, CampaignStore
+from agi.campaign_model import Campaign
+from agi.campaigns import CampaignStore
 from agi.cli import route_table
 from agi.commands import RouteDeps
 from agi.config import Settings, repo_root
@@ -490,7 +491,7 @@ async def test_reconfirm_statement_ignores_one_and_stops_on_nine(chain: Chain) -
 
 
 async def test_reconfirm_needs_an_opt_out_key_other_than_one(chain: Chain) -> None:
-    from agi.campaigns import CampaignError
+    from agi.campaign_model import CampaignError
 
     with pytest.raises(CampaignError, match="re-confirmation"):
         await make_campaign(chain.store, reconfirm=True, opt_out_key="1")
