@@ -74,6 +74,16 @@ def must(out: subprocess.CompletedProcess[str]) -> str:
     return out.stdout
 
 
+def fresh_lists(db: str, home: Path, port: int) -> None:
+    """Today's TPS and CTPS snapshots (one unrelated number), so the staleness rule passes."""
+    today = datetime.now(UTC).date().isoformat()
+    lists = home / "tps.txt"
+    lists.write_text("+441632960999\n")
+    for name in ("tps", "ctps"):
+        must(cli(db, home, "suppression", "import", "--list", name, "--as-of", today,
+                 str(lists), ami_port=port))
+
+
 def make_campaign(db: str, home: Path, name: str, numbers: list[str], ami_port: int,
                   *, concurrent: int = 10) -> None:
     must(cli(db, home, "campaign", "create", name, "--caller-id", "+442079460000",
@@ -142,12 +152,7 @@ def outbound(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Serve
     home.mkdir(parents=True, exist_ok=True)
     db, port = tier_db, pbx.ami_port
     asyncio.run(_consents(db))
-    today = datetime.now(UTC).date().isoformat()
-    lists = home / "tps.txt"
-    lists.write_text("+441632960999\n")
-    for name in ("tps", "ctps"):
-        must(cli(db, home, "suppression", "import", "--list", name, "--as-of", today,
-                 str(lists), ami_port=port))
+    fresh_lists(db, home, port)
     make_campaign(db, home, "tier-a", [LISTENS, NO_CONSENT, PRESSES_9, OPTED_OUT, WITHDRAWS],
                   port)
     make_campaign(db, home, "tier-b", [LISTENS, PRESSES_9, NEW_NO_CONSENT], port)
@@ -340,12 +345,7 @@ def ami_restart(pbx: Asterisk, tier_db: str, tier_dir: Path, consent_service: Se
             await pool.close()
 
     asyncio.run(consents())
-    today = datetime.now(UTC).date().isoformat()
-    lists = home / "tps.txt"
-    lists.write_text("+441632960999\n")
-    for name in ("tps", "ctps"):
-        must(cli(db, home, "suppression", "import", "--list", name, "--as-of", today,
-                 str(lists), ami_port=port))
+    fresh_lists(db, home, port)
     make_campaign(db, home, "tier-c", list(RESTART_NUMBERS), port, concurrent=3)
     results: dict[str, Any] = {}
 
