@@ -50,9 +50,15 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if prompts.organisation and prompts.organisation != settings.organisation:
         raise CommandError(
             f"CONSENT_IVR_ORGANISATION is {settings.organisation!r} but the prompts name "
-            f"{prompts.organisation!r}: regenerate sounds/ (scripts/make_prompts.py) or fix the "
-            "setting — callers must hear who is really asking"
+            f"{prompts.organisation!r}: make the prompts for it (consent-ivr prompts build|import) "
+            "or fix the setting — callers must hear who is really asking"
         )
+    from agi.promptkit import required_prompt_ids
+
+    try:  # before the database: a bad prompt directory must not create or migrate one
+        prompts.require(required_prompt_ids(settings))
+    except PromptError as exc:
+        raise CommandError(str(exc)) from exc
     async with open_database(settings, migrate=True) as (pool, url):
         ledger = Ledger(pool, timeout=settings.db_timeout)
         journal = Journal(settings.journal_dir)

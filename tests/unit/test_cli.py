@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +105,22 @@ def test_a_broken_feature_import_stops_the_command_line_loudly() -> None:
                          timeout=60, check=False)
     assert out.returncode != 0, out.stdout
     assert "something_report_needs" in out.stderr
+
+
+def test_serve_refuses_a_bad_prompt_directory_before_it_creates_a_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from agi import resources
+
+    manifest = json.loads((resources.sounds_dir() / "manifest.json").read_text())
+    manifest["prompts"] = [p for p in manifest["prompts"] if p["id"] != "confirm-opt-in"]
+    sounds = tmp_path / "prompts"
+    sounds.mkdir()
+    (sounds / "manifest.json").write_text(json.dumps(manifest))
+    home = tmp_path / "home"
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("CONSENT_IVR_DATA_DIR", str(home))
+    monkeypatch.setenv("CONSENT_IVR_SOUNDS_DIR", str(sounds))
+    assert main(["serve", "--port", "45731"]) == 2
+    assert "confirm-opt-in" in capsys.readouterr().err
+    assert not (home / "postgres").exists()  # nothing created, nothing migrated
