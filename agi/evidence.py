@@ -21,7 +21,7 @@ import asyncpg
 
 from agi.chain import CANONICAL_COLUMNS, SELECT_COLUMNS, canonical, event_hash, verify_chain
 
-__all__ = ["EVIDENCE_FORMAT", "build_evidence", "render_text"]
+__all__ = ["EVIDENCE_FORMAT", "build_evidence", "number_of_event", "render_text"]
 
 EVIDENCE_FORMAT: Final = "consent-ivr.evidence.v1"
 
@@ -169,3 +169,9 @@ def render_text(ev: dict[str, Any]) -> str:
             lines.append(f"  {s['started_at']} {s['state']} outcome={s['outcome']} "
                          f"route={s['route']} uniqueid={s['uniqueid']} instance={s['instance']}")
     return "\n".join(lines) + "\n"
+
+
+async def number_of_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: int) -> str | None:
+    """The number a consent event is about (``None``: no such event), to export its evidence."""
+    value = await conn.fetchval("SELECT number_e164 FROM consent_event WHERE id = $1", event_id)
+    return None if value is None else str(value)

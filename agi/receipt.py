@@ -59,6 +59,7 @@ __all__ = [
     "make_vcon_uuid",
     "parse_canonical",
     "receipt_events",
+    "receipt_for",
     "render_verify",
     "sign_vcon",
     "verify_receipt",
@@ -471,7 +472,8 @@ def verify_receipt(text: str, keys: Mapping[str, Ed25519PublicKey], *,
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        stripped = text.strip()
+        if exc.pos >= len(stripped) or (stripped.startswith("{") and not stripped.endswith("}")):
             report.add("file", False, f"the JSON ends early (line {exc.lineno}): the file is "
                        "truncated")
         else:
@@ -706,3 +708,15 @@ def render_verify(report: VerifyReport, name: str) -> str:
         lines.append(f"  · {note}")
     return "\n".join(lines) + "\n"
 
+
+
+def receipt_for(evidence: Mapping[str, Any], key: SigningKey, *, event_id: int | None = None,
+                profile: Profile | None = None, fqhn: str = "localhost",
+                now: datetime | None = None) -> dict[str, Any]:
+    """The signed receipt of one event (or every event) of an evidence document."""
+    events, withdrew = receipt_events(evidence, event_id)
+    created = now or datetime.now(UTC)
+    vcon = build_vcon(events, chain_head=chain_head_of(evidence), created_at=created.isoformat(),
+                      vcon_uuid=make_vcon_uuid(fqhn, created), profile=profile or get_profile(),
+                      withdrew=withdrew)
+    return sign_vcon(vcon, key)
