@@ -323,10 +323,18 @@ def command_table() -> tuple[Command, ...]:
     Imported here, when the command line starts, never guarded: a module that fails to
     import stops the command line with its traceback instead of dropping commands.
     """
-    from agi.commands import campaign, doctor, evidence_html, ledger_tools, prompts, report
+    from agi.commands import (
+        campaign,
+        doctor,
+        evidence_html,
+        ledger_tools,
+        prompts,
+        receipts,
+        report,
+    )
 
     return (*campaign.COMMANDS, *doctor.COMMANDS, *evidence_html.COMMANDS,
-            *ledger_tools.COMMANDS, *prompts.COMMANDS, *report.COMMANDS)
+            *ledger_tools.COMMANDS, *prompts.COMMANDS, *receipts.COMMANDS, *report.COMMANDS)
 
 
 def route_table() -> dict[str, Callable[[Settings, RouteDeps], Any]]:

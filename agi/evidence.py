@@ -22,7 +22,7 @@ import asyncpg
 from agi.chain import CANONICAL_COLUMNS, SELECT_COLUMNS, canonical, event_hash, verify_chain
 from agi.ledger import statement_heard
 
-__all__ = ["EVIDENCE_FORMAT", "build_evidence", "render_text"]
+__all__ = ["EVIDENCE_FORMAT", "build_evidence", "number_of_event", "render_text"]
 
 EVIDENCE_FORMAT: Final = "consent-ivr.evidence.v1"
 
@@ -181,3 +181,9 @@ def _heard_ms(p: dict[str, Any]) -> str:
     if p.get("heard_ms") is None or p.get("length_ms") is None:
         return ""
     return f" heard {p['heard_ms']}/{p['length_ms']} ms"
+
+
+async def number_of_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: int) -> str | None:
+    """The number a consent event is about (``None``: no such event), to export its evidence."""
+    value = await conn.fetchval("SELECT number_e164 FROM consent_event WHERE id = $1", event_id)
+    return None if value is None else str(value)

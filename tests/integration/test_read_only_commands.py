@@ -19,6 +19,8 @@ READ_ONLY = [
     ["status", "+447400123456"],
     ["evidence", "+447400123456"],
     ["evidence-html", "+447400123456", "--html", "out.html"],
+    ["receipt", "+447400123456"],
+    ["receipt", "12"],
     ["screen", "spring"],
     ["report", "spring"],
     ["verify-ledger"],
