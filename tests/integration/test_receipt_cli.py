@@ -1,7 +1,8 @@
 """``consent-ivr keys``, ``receipt`` and ``receipt verify`` against the real ledger.
 
-Decisions are written through the ledger API (as tests/integration/test_evidence.py does), so
-these tests do not depend on the call flow. ``receipt verify`` runs with no database at all.
+Decisions are written through the ledger API (as tests/integration/test_evidence.py does), and
+one comes from a real call through the consent flow. ``receipt verify`` runs with no
+database at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import asyncpg
 import pytest
 
 from agi.cli import main
+from agi.config import Settings
 from agi.ledger import ConsentDecision, DigitPress, Ledger, PromptHeard
+from tests.fakes import SILENCE, FakeAsterisk
+from tests.harness import consent_stack, running_server
 
 NUMBER = "+442079460018"
 T0 = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
@@ -190,3 +194,30 @@ async def test_evidence_html_embeds_the_receipt_and_its_verification(
 @pytest.fixture(autouse=True)
 def _no_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENT_IVR_LOG_LEVEL", "warning")
+
+
+async def test_a_real_call_s_receipt_says_the_statement_was_heard_in_full(
+    settings: Settings, pool: asyncpg.Pool, home: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """End to end: the flow over FastAGI (the fake Asterisk), then the receipt of its event."""
+    flow, _, _ = consent_stack(settings, pool)
+    caller = "+447400123499"
+    async with running_server(settings, {"consent": flow}) as srv:
+        # 1 at the question, a 5 pressed into the statement (ignored), then the confirmation
+        rec = await FakeAsterisk("127.0.0.1", srv.port, callerid=caller,
+                                 presses=["1", "5", SILENCE, "1"]).run()
+    assert rec.variables["CONSENT_RESULT"] == "opted_in", rec.dialogue()
+    assert await run("keys", "create") == 0
+    receipt = tmp_path / "call.vcon.json"
+    assert await run("receipt", caller, "--out", str(receipt)) == 0
+    capsys.readouterr()
+    doc = json.loads(receipt.read_text())
+    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
+    [summary] = [a for a in payload["analysis"] if a["type"] == "summary"]
+    assert summary["body"]["statement_heard_in_full"] == "yes"
+    assert summary["body"]["keys_ignored"] == ["5"]
+    assert [p["id"] for p in summary["body"]["prompts"]] == [
+        "identify", "question-marketing-calls", "statement-marketing-calls", "confirm-opt-in"]
+    assert await run("receipt", "verify", str(receipt), "--keys-dir", str(home / "keys")) == 0
+    assert capsys.readouterr().out.startswith(f"receipt {receipt}: VALID\n")
