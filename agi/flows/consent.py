@@ -33,6 +33,8 @@ from agi.protocol import AGIAppError, AGIHangup
 __all__ = ["PROMPTS", "ConsentFlow", "purpose_prompts"]
 
 _PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: Asterisk's linkedid is a uniqueid ("1796006581.1", or a system-name-prefixed form)
+_LINKEDID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_REPEATS: Final = 5
 
 #: Every prompt this flow can play (``question-<purpose>`` and ``statement-<purpose>`` per
@@ -107,7 +109,10 @@ class ConsentFlow:
                 raise _NoDecision("unknown_purpose")
             if method_key not in METHODS:
                 raise _NoDecision("unknown_method")
-            linkedid = await ch.get_variable("CHANNEL(linkedid)")
+            # the kit passes it in the URL (one round trip fewer); otherwise ask Asterisk
+            given = call.params.get("linkedid", "")
+            linkedid = (given if _LINKEDID.fullmatch(given)
+                        else await ch.get_variable("CHANNEL(linkedid)"))
             await ch.answer()
             if method_key == "agent_transfer":
                 await dialogue.play("transfer-intro")

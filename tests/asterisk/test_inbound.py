@@ -137,6 +137,8 @@ def _decided(results: dict[str, Any], name: str, number: str, decision: str) -> 
     assert rec.last("CONSENT_EVENT_ID") == str(event["id"])
     assert event["uniqueid"] == rec.uniqueids[rec.line_channel]
     assert event["linkedid"] == rec.linkedid
+    # the kit passed it in the AGI URL: the flow did not have to ask
+    assert ["GET", "VARIABLE", "CHANNEL(linkedid)"] not in rec.agi_commands()
     assert event["channel_name"] == rec.line_channel
     assert event["source"] == "live"
     assert not _attempts(results, number)

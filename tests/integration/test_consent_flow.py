@@ -427,3 +427,18 @@ async def test_status_and_evidence_say_the_statement_was_heard_in_full(server, p
         text = render_text(await build_evidence(conn, CALLER))
     assert "statement heard in full: yes" in text
     assert "heard statement-marketing-calls [en]" in text
+
+
+async def test_the_kit_s_linkedid_in_the_url_saves_a_round_trip(server, pool) -> None:  # type: ignore[no-untyped-def]
+    rec = await call(server.port, presses=["2"],
+                     network_script="consent?purpose=marketing-calls&linkedid=1796006581.7")
+    assert rec.variables["CONSENT_RESULT"] == "opted_out"
+    assert not any("CHANNEL(linkedid)" in c for c in rec.commands)
+    [event] = await events(pool)
+    assert event["linkedid"] == "1796006581.7"
+
+
+async def test_a_malformed_linkedid_is_asked_of_asterisk_instead(server, pool) -> None:  # type: ignore[no-untyped-def]
+    rec = await call(server.port, presses=["2"],
+                     network_script="consent?purpose=marketing-calls&linkedid=x%20y")
+    assert any("CHANNEL(linkedid)" in c for c in rec.commands)

@@ -180,10 +180,13 @@ def test_conditions_compare_consent_result_only_with_real_values(plan: Dialplan)
 def test_agi_urls_hit_the_server_routes_with_the_token(kit: Dialplan) -> None:
     urls = {(p.context, p.exten): p.args for p in kit.priorities() if p.app == "AGI"}
     token = "token=${CONSENT_AGI_TOKEN}"
+    linked = "linkedid=${CHANNEL(linkedid)}&"  # saves the flow a GET VARIABLE
     assert urls == {
-        ("consent-inbound", "s"): "${CONSENT_AGI}/consent?purpose=marketing-calls&" + token,
+        ("consent-inbound", "s"):
+            "${CONSENT_AGI}/consent?purpose=marketing-calls&" + linked + token,
         ("consent-transfer", "sub"):
-            "${CONSENT_AGI}/consent?purpose=marketing-calls&method=agent_transfer&" + token,
+            "${CONSENT_AGI}/consent?purpose=marketing-calls&method=agent_transfer&" + linked
+            + token,
         ("consent-outbound", "s"):
             "${CONSENT_AGI}/marketing?campaign=${CONSENT_CAMPAIGN}&attempt=${CONSENT_ATTEMPT}&"
             + token,
@@ -346,7 +349,8 @@ def test_inbound_recorded_or_undecided_call_just_ends(
     w = walk(plan, "consent-inbound", "s", GLOBALS, _recorded(result, status))
     assert w.ended == "hangup in consent-inbound"
     assert w.played == []
-    assert w.agi == [f"agi://127.0.0.1:4573/consent?purpose=marketing-calls&token={GLOBALS['CONSENT_AGI_TOKEN']}"]
+    assert w.agi == ["agi://127.0.0.1:4573/consent?purpose=marketing-calls&linkedid=&"
+                     f"token={GLOBALS['CONSENT_AGI_TOKEN']}"]
 
 
 def test_inbound_without_server_address_does_not_call_agi(plan: Dialplan) -> None:
