@@ -45,7 +45,7 @@ from joserfc.registry import HeaderParameter
 
 from agi.chain import CANONICAL_COLUMNS, CANONICAL_VERSION, canonical
 from agi.keys import SigningKey, certificate_der_b64, kid_of
-from agi.ledger import heard_in_full
+from agi.ledger import heard_in_full, statement_heard
 from agi.policy import Profile, UnknownProfileError, get_profile
 
 __all__ = [
@@ -277,15 +277,8 @@ def _dialog(e: Mapping[str, Any], org: int) -> dict[str, Any]:
 
 def _analysis(e: Mapping[str, Any], index: int) -> dict[str, Any]:
     prompts, keys = _prompts(e), _keys(e)
-    statements = [p["heard_in_full"] for p in prompts if str(p["id"]).startswith("statement-")]
-    if not statements:
-        whole = "no statement played"
-    elif "no" in statements:
-        whole = "no"
-    elif "unknown" in statements:
-        whole = "unknown"
-    else:
-        whole = "yes"
+    # the rule status and evidence use: this purpose's statement, heard whole at least once
+    whole = statement_heard(e["prompts"], e["purpose"])
     return {
         "type": "summary", "dialog": index, "vendor": "consent-ivr", "product": "consent-ivr",
         "schema": "consent-ivr.heard.v1", "mediatype": "application/json", "encoding": "json",
