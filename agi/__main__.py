@@ -1,5 +1,5 @@
 """``python -m agi`` → the ``consent-ivr`` command line."""
 
-from agi.cli import main
+from agi.cli.main import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 For the benchmark's ``instructions`` part only, to measure what each part of a call
 costs by taking it away (never a way to run the product):
 
-* ``call-sessions`` — no ``call_session`` bookkeeping (agi.store.CallSessions queues
+* ``call-sessions`` — no ``call_session`` bookkeeping (agi.ledger.decisions.CallSessions queues
   nothing, so its flushes write nothing).
 
 Logs are taken out without this module: ``CONSENT_IVR_LOG_LEVEL=warning`` drops the
@@ -19,7 +19,7 @@ FEATURES = ("call-sessions",)
 
 
 def _no_call_sessions() -> None:
-    from agi.store import CallSessions
+    from agi.ledger.sessions import CallSessions
 
     def nothing(self: Any, *args: Any) -> None:
         return None
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         return 2
     if "call-sessions" in argv:
         _no_call_sessions()
-    from agi.cli import main as cli_main
+    from agi.cli.main import main as cli_main
 
     return cli_main(["serve"])
 

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 
-from agi.campaign_model import CampaignSpec
-from agi.campaigns import CampaignStore
-from agi.ledger import apply_migrations
-from agi.policy import time_zones_for
+from agi.ledger.migrations import apply_migrations
+from agi.outbound.campaigns import CampaignStore
+from agi.outbound.model import CampaignSpec
+from agi.outbound.policy import time_zones_for
 
 ORG = "Example Energy Ltd"
 PURPOSE = "marketing-calls"
@@ -156,7 +156,7 @@ def main() -> int:
     url = os.environ.get("DATABASE_URL")
     pg = tmp = None
     if not url:
-        from agi.pgembed import EmbeddedPostgres
+        from agi.ops.pgembed import EmbeddedPostgres
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-screen-"))
         pg = EmbeddedPostgres(tmp / "pg")

@@ -55,12 +55,12 @@ def raise_nofile() -> tuple[int, int]:
 
 def loop_factory(kind: str) -> Any:
     """The event loop for ``kind`` (``auto``, ``uvloop``, ``asyncio``), as the server picks
-    it (``agi.config.Settings.loop_factory``).
+    it (``agi.ops.config.Settings.loop_factory``).
 
     The load generator stands in for Asterisk, which does its socket work in C: on uvloop
     it costs about half the CPU per call, which the servers measured then get.
     """
-    from agi.config import Settings
+    from agi.ops.config import Settings
 
     return Settings(event_loop=kind).loop_factory()
 
@@ -113,7 +113,7 @@ async def record(host: str, port: int, name: str, presses: list[str | None], wei
                  uniqueid: str = "1700000000.424242") -> Template:
     """Play one call with the strict fake and turn its transcript into a :class:`Template`."""
     try:
-        from agi.fakeasterisk import SILENCE, FakeAsterisk  # type: ignore[import-not-found]
+        from agi.testing.fakeasterisk import SILENCE, FakeAsterisk  # type: ignore[import-not-found]
     except ImportError:
         from tests.fakes import SILENCE, FakeAsterisk
 

@@ -1,6 +1,6 @@
 """Part 5: dialer pacing on a fake AMI, and gate decisions per second.
 
-The real dialer (``agi.dialer.Dialer`` with its ``AmiClient`` over panoramisk) dials a
+The real dialer (``agi.outbound.dialer.Dialer`` with its ``AmiClient`` over panoramisk) dials a
 campaign of opted-in numbers against ``tests/fake_ami.FakeAMI`` — real AMI over TCP,
 every call answered and hung up at once — in one process with the fake AMI (the
 dialer is the thing measured; the fake only stamps each Originate as it arrives).
@@ -30,9 +30,9 @@ PURPOSE = "marketing-calls"
 
 async def _setup(url: str, name: str, cps: float, n: int, consented: bool,
                  tag: int) -> Any:
-    from agi.campaign_model import CampaignSpec
-    from agi.campaigns import CampaignStore
-    from agi.ledger import connect_pool
+    from agi.ledger.database import connect_pool
+    from agi.outbound.campaigns import CampaignStore
+    from agi.outbound.model import CampaignSpec
 
     pool = await connect_pool(url, min_size=1, max_size=10, timeout=30)
     store = CampaignStore(pool, timeout=30)
@@ -65,9 +65,8 @@ async def _setup(url: str, name: str, cps: float, n: int, consented: bool,
 
 async def _dial(url: str, workdir: Any, cps: float, n: int, consented: bool,
                 tag: int) -> dict[str, Any]:
-    sys.path.insert(0, str(procs.ROOT))
-    from agi.dialer import AmiClient, Dialer, DialerConfig
-    from tests.fake_ami import FakeAMI
+    from agi.outbound.dialer import AmiClient, Dialer, DialerConfig
+    from agi.testing.fake_ami import FakeAMI
 
     pool, store, campaign = await _setup(url, f"pacing-{tag}", cps, n, consented, tag)
     fake = await FakeAMI().start()

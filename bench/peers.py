@@ -15,7 +15,7 @@ same commands (no database either: it stands for the framework's cost only).
 
 ``python -m bench.peers panoramisk-db PORT TEMPLATES.json`` — the same application
 committing each decision with the very ledger write consent-ivr makes
-(``agi.ledger.Ledger.record_decision`` over asyncpg, ``$DATABASE_URL``) before it sets
+(``agi.ledger.ledger.Ledger.record_decision`` over asyncpg, ``$DATABASE_URL``) before it sets
 ``CONSENT_EVENT_ID``: what a panoramisk user would have to add to do the same job.
 
 Workarounds panoramisk 1.4 needed (see docs/benchmarks.md):
@@ -157,11 +157,13 @@ async def serve_raw(port: int, tree: list[dict[str, Any]], with_db: bool = False
 
 
 async def _ledger_commit() -> Any:
-    """The same ledger write consent-ivr makes (agi.ledger.Ledger.record_decision)."""
+    """The same ledger write consent-ivr makes (agi.ledger.ledger.Ledger.record_decision)."""
     import os
     from datetime import UTC, datetime
 
-    from agi.ledger import ConsentDecision, Ledger, connect_pool
+    from agi.ledger.database import connect_pool
+    from agi.ledger.ledger import Ledger
+    from agi.ledger.records import ConsentDecision
 
     pool = await connect_pool(os.environ["DATABASE_URL"], min_size=2, max_size=10)
     ledger = Ledger(pool)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from agi.config import repo_root
+from agi.ops.config import repo_root
 
 ROOT = repo_root()
 RESULTS = ROOT / "bench" / "results"
@@ -101,7 +101,7 @@ class Database:
             self.root_url = os.environ["DATABASE_URL"]
         else:
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            from agi.pgembed import EmbeddedPostgres
+            from agi.ops.pgembed import EmbeddedPostgres
 
             self.embedded = EmbeddedPostgres(self.data_dir / "pg")
             # another benchmark run may be using it: then leave it running at the end
@@ -119,7 +119,7 @@ class Database:
         """A new, migrated database; returns its URL."""
         import asyncpg
 
-        from agi.ledger import apply_migrations
+        from agi.ledger.migrations import apply_migrations
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
         conn = await asyncpg.connect(self.root_url)

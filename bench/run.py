@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--only PART...]``: every figure of issue 6, one command.
 
-Sets up what it needs ($DATABASE_URL, or an embedded PostgreSQL via agi.pgembed), runs
+Sets up what it needs ($DATABASE_URL, or an embedded PostgreSQL via agi.ops.pgembed), runs
 each part with the servers under test and the load generator in separate processes,
 prints a table and writes ``bench/results/latest.json``. See docs/benchmarks.md.
 """
@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
     args = parser.parse_args(argv)
     nofile = procs.raise_nofile()
-    from agi.logconfig import configure_logging
+    from agi.ops.logs import configure_logging
 
     configure_logging("console", "warning")  # the dialer's and pools' INFO lines stay out
     started = time.time()

@@ -88,9 +88,9 @@ async def _prepare(ctx: dict[str, Any], sizes: dict[str, int]) -> tuple[str, flo
 
 async def _naive(url: str, sample: int, at: datetime) -> dict[str, Any]:
     """One gate query per number, as a dialer checking each contact would do it."""
-    from agi.campaigns import CampaignStore
-    from agi.gate import decide_dial
-    from agi.ledger import connect_pool
+    from agi.ledger.database import connect_pool
+    from agi.outbound.campaigns import CampaignStore
+    from agi.outbound.gate import decide_dial
 
     pool = await connect_pool(url, min_size=1, max_size=2, timeout=60)
     try:

@@ -5,9 +5,9 @@ Every prompt in the catalogue becomes ``sounds/<lang>/consent-ivr/<id>.wav`` (8 
 16-bit PCM, what Asterisk plays natively) and ``sounds/manifest.json`` records, for each
 (id, lang), the exact rendered text, the file, its sha256 and its length in 8 kHz samples.
 
-This is a thin wrapper over :mod:`agi.promptkit` — the same code as ``consent-ivr prompts
+This is a thin wrapper over :mod:`agi.calls.promptkit` — the same code as ``consent-ivr prompts
 build`` — with the catalogue's own ``[vars]`` (the demo organisation) and every language
-it has. agi.promptkit needs only the standard library, so the script puts the checkout on
+it has. agi.calls.promptkit needs only the standard library, so the script puts the checkout on
 ``sys.path`` and runs with a bare ``python3``, venv or not.
 
 Usage::
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's agi/, with or without a venv
 
-from agi import promptkit  # noqa: E402  (needs the path above)
+from agi.calls import promptkit  # noqa: E402  (needs the path above)
 
 
 def _catalogue_path(root: Path) -> Path:

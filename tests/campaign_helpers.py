@@ -7,9 +7,10 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from agi.campaign_model import Campaign, CampaignSpec
-from agi.campaigns import CampaignStore
-from agi.ledger import ConsentDecision, Ledger
+from agi.ledger.ledger import Ledger
+from agi.ledger.records import ConsentDecision
+from agi.outbound.campaigns import CampaignStore
+from agi.outbound.model import Campaign, CampaignSpec
 
 ORG = "Example Energy Ltd"
 PURPOSE = "marketing-calls"

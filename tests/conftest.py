@@ -25,13 +25,15 @@ import asyncpg
 import pytest
 import structlog
 
-from agi.config import Settings, repo_root
-from agi.ledger import Ledger, apply_migrations, connect_pool
-from agi.logconfig import configure_logging, flush_logs
+from agi.ledger.database import connect_pool
+from agi.ledger.ledger import Ledger
+from agi.ledger.migrations import apply_migrations
+from agi.ops.config import Settings, repo_root
+from agi.ops.logs import configure_logging, flush_logs
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
-from agi.pgembed import EmbeddedPostgres  # noqa: E402
+from agi.ops.pgembed import EmbeddedPostgres  # noqa: E402
 
 TEMPLATE_DB = "consent_ivr_template"
 
@@ -112,7 +114,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 class _LogBuffer(io.StringIO):
     """A log buffer that holds every line logged so far when read (lines are written a
-    loop turn at a time: agi.logconfig._LineHandler)."""
+    loop turn at a time: agi.ops.logs._LineHandler)."""
 
     def getvalue(self) -> str:
         flush_logs()

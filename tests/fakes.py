@@ -1,11 +1,11 @@
 """The tests' fake Asterisk: a strict model of Asterisk 22.10.1's side of FastAGI.
 
-The implementation lives in :mod:`agi.fakeasterisk` because ``consent-ivr simulate-call``
+The implementation lives in :mod:`agi.testing.fakeasterisk` because ``consent-ivr simulate-call``
 and the benchmarks drive the server with the same, conformance-proven fake
 (``tests/conformance`` replays all 30 real-Asterisk transcripts against it).
 """
 
-from agi.fakeasterisk import (
+from agi.testing.fakeasterisk import (
     DEFAULT_SOUNDS,
     ENV_ORDER,
     HANGUP,

@@ -15,14 +15,14 @@ from typing import Any
 
 import asyncpg
 
-from agi.call import RouteHandler
-from agi.config import Settings, repo_root
-from agi.flows.consent import ConsentFlow
-from agi.journal import Journal
-from agi.ledger import Ledger
-from agi.prompts import PromptCatalogue
-from agi.server import AGIServer
-from agi.store import LedgerStore
+from agi.calls.consent import ConsentFlow
+from agi.calls.prompts import PromptCatalogue
+from agi.ledger.decisions import LedgerStore
+from agi.ledger.journal import Journal
+from agi.ledger.ledger import Ledger
+from agi.ops.config import Settings, repo_root
+from agi.server.call import RouteHandler
+from agi.server.fastagi import AGIServer
 
 
 @contextlib.asynccontextmanager

@@ -38,7 +38,7 @@ from typing import Any
 
 from panoramisk import Manager
 
-from agi.config import repo_root
+from agi.ops.config import repo_root
 
 REPO = repo_root()
 SHARED_INSTALL = REPO.parent / "shared" / "asterisk" / "install.sh"

@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agi.chain import verify_chain
-from agi.pgembed import EmbeddedPostgres
+from agi.ledger.chain import verify_chain
+from agi.ops.pgembed import EmbeddedPostgres
 from tests.asterisk.conftest import TOKEN, fetch_rows, outcome, run_batch, spawn_serve
 from tests.asterisk.pbx import Asterisk, CallRecord, Timeline, free_port
 from tests.harness import Serve

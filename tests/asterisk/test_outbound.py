@@ -26,8 +26,8 @@ import asyncpg
 import pytest
 from panoramisk import Manager
 
-from agi.config import repo_root
-from agi.ledger import Ledger
+from agi.ledger.ledger import Ledger
+from agi.ops.config import repo_root
 from tests.asterisk.conftest import fetch_rows, run_batch
 from tests.asterisk.pbx import DIALER_SECRET, Asterisk, CallRecord, Timeline
 from tests.campaign_helpers import consent

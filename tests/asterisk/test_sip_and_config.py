@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agi.config import repo_root
+from agi.ops.config import repo_root
 from tests.asterisk.conftest import TOKEN, fetch_rows, start_serve
 from tests.asterisk.pbx import Asterisk, Binary, Timeline, envsubst, free_port
 

@@ -3,7 +3,7 @@
 For every transcript file:
 
 (a) every ``<`` line Asterisk sent is fed, whole / byte by byte / in random splits, to
-    ``agi.protocol``'s HeaderParser and ReplyParser, and the parse is compared with
+    ``agi.wire.protocol``'s HeaderParser and ReplyParser, and the parse is compared with
     expectations derived here, independently, from the recorded bytes;
 (b) a scripted raw asyncio server sends exactly the transcript's ``>`` lines (and performs its
     half-close / full close) against :class:`tests.fakes.FakeAsterisk`, configured only with
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agi.protocol import HangupNotice, HeaderParser, Reply, ReplyParser
+from agi.wire.protocol import HangupNotice, HeaderParser, Reply, ReplyParser
 from tests.fakes import FakeAsterisk
 from tests.transcripts import (
     TRANSCRIPT_DIR,
@@ -88,7 +88,7 @@ _REPLY_200 = re.compile(
 
 
 def expected_events(lines: list[bytes]) -> list[tuple]:
-    """What a correct parser must produce, derived from the raw lines without agi.protocol."""
+    """What a correct parser must produce, derived from the raw lines without agi.wire.protocol."""
     out: list[tuple] = []
     block: list[str] | None = None
     head = ""

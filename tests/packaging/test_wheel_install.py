@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from agi.config import repo_root
+from agi.ops.config import repo_root
 
 ROOT = repo_root()
 NUMBER = "+447400123456"
@@ -123,7 +123,7 @@ def test_installed_wheel_migrates_serves_records_and_answers_from_elsewhere(
 
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
-         "import agi, agi.resources as r; print(agi.__file__); print(r.migrations_dir()); "
+         "import agi, agi.ops.resources as r; print(agi.__file__); print(r.migrations_dir()); "
          "print(r.sounds_dir())"],
         cwd=here, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()

@@ -1,6 +1,6 @@
 """Static checks of the Asterisk kit: what can be verified without Docker or Asterisk.
 
-Dialplan: every jump target exists; the variables it reads are the ones agi/channel_vars.py
+Dialplan: every jump target exists; the variables it reads are the ones agi/wire/variables.py
 says flows and the dialer set (plus its own and Asterisk's); every flow variable is
 branched on; the AGI URLs hit the server's routes; and a small interpreter walks the
 contexts through every outcome a server can leave behind (down, crashed, error, stale
@@ -30,7 +30,7 @@ import yaml
 from kit_conf import Dialplan, Priority, parse_conf, parse_dialplan, split_args
 from prompts_check import check_prompts, load_manifest, make_prompts_module, prompt_index
 
-from agi import channel_vars as cv
+from agi.wire import variables as cv
 
 ROOT = Path(__file__).resolve().parents[2]
 DIALPLAN = ROOT / "dialplan"
@@ -462,7 +462,7 @@ def test_every_prompt_the_dialplan_plays_exists_in_every_language(plan: Dialplan
 def _flow_prompt_ids() -> set[str]:
     """Prompt ids the flows name: PROMPTS tuples and literal play/ask/get(...) arguments."""
     ids = set()
-    for path in sorted((ROOT / "agi" / "flows").glob("*.py")):
+    for path in sorted((ROOT / "agi" / "calls").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -499,7 +499,7 @@ def test_ami_user_has_exactly_the_least_privilege() -> None:
     assert {p.strip() for v in user.get("read") for p in v.split(",")} == {"call"}
     assert {p.strip() for v in user.get("write") for p in v.split(",")} == {
         "originate",
-        "reporting",  # CoreShowChannels after a reconnect (agi/dialer.py)
+        "reporting",  # CoreShowChannels after a reconnect (agi/outbound/dialer.py)
     }
     keys = [i.key for i in user.items]
     assert keys.index("deny") < keys.index("permit"), "deny all first, then permit"
@@ -682,7 +682,7 @@ def test_compose_service_wiring() -> None:
 
 
 def test_compose_consent_ivr_settings_are_real_settings() -> None:
-    from agi import config
+    from agi.ops import config
     fields = {f.upper() for f in config.Settings.__dataclass_fields__}
     services = _compose()["services"]
     for name in ("consent-ivr", "dialer"):
