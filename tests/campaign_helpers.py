@@ -51,7 +51,7 @@ async def consent(
     *,
     organisation: str = ORG,
     purpose: str = PURPOSE,
-    channel: str = "automated_call",
+    consent_channel: str = "automated_call",
     method: str = "ivr_inbound",
     captured_by: str = "first_party",
     decided_at: datetime | None = None,
@@ -67,7 +67,7 @@ async def consent(
             decided_at=decided_at or datetime.now(UTC),
             idempotency_key=f"test-{next(_keys)}-{number}-{decision}",
             instance="test",
-            channel=channel,
+            consent_channel=consent_channel,
             captured_by=captured_by,
         )
     )

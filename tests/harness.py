@@ -17,7 +17,7 @@ import asyncpg
 
 from agi.calls.consent import ConsentFlow
 from agi.calls.prompts import PromptCatalogue
-from agi.ledger.decisions import LedgerStore
+from agi.ledger.decisions import LedgerDecisionStore
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ops.config import Settings, repo_root
@@ -41,11 +41,11 @@ async def running_server(
 
 def consent_stack(
     settings: Settings, pool: asyncpg.Pool, *, journal: bool = True, store: Any = None
-) -> tuple[ConsentFlow, LedgerStore, PromptCatalogue]:
+) -> tuple[ConsentFlow, LedgerDecisionStore, PromptCatalogue]:
     """The consent flow over the real ledger (and journal), as ``serve`` builds it."""
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     ledger = Ledger(pool, timeout=settings.db_timeout)
-    real_store = LedgerStore(ledger, Journal(settings.journal_dir) if journal else None)
+    real_store = LedgerDecisionStore(ledger, Journal(settings.journal_dir) if journal else None)
     flow = ConsentFlow(settings, store or real_store, prompts)
     return flow, real_store, prompts
 

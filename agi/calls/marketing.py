@@ -355,7 +355,7 @@ class MarketingFlow:
                     call_started_at=ctx.call_started_at,
                     prompts_json=_prompts_json(dialogue),
                     uniqueid=env.uniqueid or None,
-                    channel_name=env.channel or None,
+                    channel_name=env.channel_name or None,
                     instance=self.settings.instance,
                     idempotency_key=idempotency_key(call.call_id, "marketing", "play"),
                 )
@@ -396,7 +396,7 @@ class MarketingFlow:
                 decision=decision,
                 consent_event_id=event_id,
                 uniqueid=env.uniqueid or None,
-                channel_name=env.channel or None,
+                channel_name=env.channel_name or None,
                 instance=self.settings.instance,
                 idempotency_key=key,
             )
@@ -414,7 +414,7 @@ class MarketingFlow:
                     purpose=ctx.campaign.purpose if ctx.campaign else None,
                     prompts=tuple(dialogue.heard),
                     uniqueid=env.uniqueid or None,
-                    channel_name=env.channel or None,
+                    channel_name=env.channel_name or None,
                     callerid_num=env.callerid,
                     callerid_name=env.calleridname,
                     call_started_at=call.started_at,

@@ -38,7 +38,7 @@ log = structlog.get_logger("agi.cli.main")
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agi.calls.prompts import PromptCatalogue, PromptError
-    from agi.ledger.decisions import LedgerStore
+    from agi.ledger.decisions import LedgerDecisionStore
     from agi.ledger.journal import Journal
     from agi.ledger.ledger import Ledger
     from agi.ledger.migrations import pending_migrations
@@ -68,7 +68,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         ledger = Ledger(pool, timeout=settings.db_timeout)
         journal = Journal(settings.journal_dir)
         metrics = Metrics(refusal_reasons=REASONS)
-        store = LedgerStore(ledger, journal, metrics=metrics)
+        store = LedgerDecisionStore(ledger, journal, metrics=metrics)
         deps = RouteDeps(pool=pool, store=store, prompts=prompts, metrics=metrics)
         try:
             routes = {name: factory(settings, deps) for name, factory in route_table().items()}

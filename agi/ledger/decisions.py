@@ -44,7 +44,7 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError)
 
 
-class LedgerStore:
+class LedgerDecisionStore:
     """``DecisionStore`` over :class:`Ledger`, falling back to :class:`Journal`."""
 
     def __init__(

@@ -72,6 +72,7 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     data = dict(row)
     data["digits"] = json.loads(data["digits"])
     data["prompts"] = json.loads(data["prompts"])
+    data["consent_channel"] = data.pop("channel")
     return StoredEvent(**data)
 
 
@@ -133,7 +134,7 @@ _GROUP_MAX = 1000
 
 def _decision_args(d: ConsentDecision) -> tuple[Any, ...]:
     return (
-        d.decided_at, d.number_e164, d.organisation, d.purpose, d.channel, d.decision,
+        d.decided_at, d.number_e164, d.organisation, d.purpose, d.consent_channel, d.decision,
         d.method, d.captured_by, d.third_party_name, d.evidence_strength,
         _digits_json(d.digits), _prompts_json(d.prompts), d.uniqueid, d.linkedid,
         d.channel_name, d.callerid_num, d.callerid_name, d.call_started_at, d.instance,
@@ -343,7 +344,7 @@ class Ledger:
         *,
         organisation: str | None = None,
         at: datetime | None = None,
-        channel: str = "automated_call",
+        consent_channel: str = "automated_call",
         with_history: bool = False,
     ) -> ConsentStatus:
         """What is the consent of ``number`` for ``purpose`` at time ``at`` (default now)?
@@ -359,14 +360,13 @@ class Ledger:
                     _CONSENT_AT_SQL,
                     number_e164,
                     purpose,
-                    channel,
+                    consent_channel,
                     organisation,
                     now,
                     1000 if with_history else 1,
                     timeout=self.timeout,
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError) as exc:
+        except DB_UNAVAILABLE as exc:
             raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
         events = [_event(r) for r in rows]
         latest = events[0] if events else None

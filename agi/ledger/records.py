@@ -106,7 +106,9 @@ class ConsentDecision:
     decided_at: datetime
     idempotency_key: str
     instance: str
-    channel: str = "automated_call"
+    #: the legal channel the consent covers (the ledger's column ``channel``), never Asterisk's
+    #: channel (``channel_name``)
+    consent_channel: str = "automated_call"
     digits: Sequence[DigitPress] = ()
     prompts: Sequence[PromptHeard] = ()
     uniqueid: str | None = None
@@ -120,11 +122,12 @@ class ConsentDecision:
     source: str = "live"
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON-able form (for the durable journal)."""
+        """Plain JSON-able form (for the durable journal), keyed as the ledger's columns."""
         out = asdict(self)
         for key in ("decided_at", "call_started_at"):
             if out[key] is not None:
                 out[key] = out[key].isoformat()
+        out["channel"] = out.pop("consent_channel")
         return out
 
     @classmethod
@@ -135,6 +138,8 @@ class ConsentDecision:
             data["call_started_at"] = datetime.fromisoformat(data["call_started_at"])
         data["digits"] = tuple(DigitPress(**d) for d in data.get("digits", ()))
         data["prompts"] = tuple(PromptHeard(**p) for p in data.get("prompts", ()))
+        if "channel" in data:  # the journal's key, as the ledger's column
+            data["consent_channel"] = data.pop("channel")
         return cls(**data)
 
 
@@ -171,7 +176,7 @@ class StoredEvent:
     number_e164: str
     organisation: str
     purpose: str
-    channel: str
+    consent_channel: str  # the column ``channel``: the legal channel the consent covers
     decision: str
     method: str
     evidence_strength: str
@@ -199,6 +204,7 @@ class StoredEvent:
         for key, value in out.items():
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
+        out["channel"] = out.pop("consent_channel")  # keyed as the ledger's column
         out["statement_heard_in_full"] = self.statement_heard_in_full
         return out
 

@@ -28,7 +28,7 @@ log = structlog.get_logger("agi.ledger.sessions")
 
 class _CallEnv(Protocol):
     uniqueid: str
-    channel: str
+    channel_name: str
     callerid: str
     calleridname: str
 
@@ -93,7 +93,7 @@ class CallSessions:
 
     def started(self, call: SessionCall, peer: str) -> None:
         env = call.env
-        self._starts.append((call.call_id, call.route or "/", env.uniqueid, env.channel,
+        self._starts.append((call.call_id, call.route or "/", env.uniqueid, env.channel_name,
                              env.callerid, env.calleridname, peer, call.started_at))
         if len(self._starts) > self.MAX_QUEUED:
             self._starts.popleft()

@@ -197,7 +197,7 @@ def _facts(row: Mapping[str, Any]) -> ContactFacts:
         latest = policy.ConsentEvent(
             decision=row["ev_decision"],
             recorded_at=row["ev_recorded_at"],
-            channel=row["ev_channel"],
+            consent_channel=row["ev_channel"],
             organisation=row["ev_organisation"],
             captured_by=row["ev_captured_by"],
             # the event is stored under this organisation's name: it names it

@@ -161,13 +161,14 @@ class Decision:
 class ConsentEvent:
     """The latest ledger event for (number, organisation, purpose).
 
-    ``channel`` is the channel the consent covers ("automated_call", "live_call", ...), not the
-    channel it was captured on.  ``captured_by`` is "first_party" or "third_party".
+    ``consent_channel`` is the channel the consent covers ("automated_call", "live_call", ...),
+    not the channel it was captured on, nor Asterisk's channel. ``captured_by`` is
+    "first_party" or "third_party".
     """
 
     decision: str
     recorded_at: datetime
-    channel: str
+    consent_channel: str
     organisation: str
     captured_by: str
     third_party_names_organisation: bool
@@ -435,8 +436,9 @@ def evaluate_consent(
             f"{ref}: recorded {latest.recorded_at.isoformat()}, "
             f"call started {call_started_at.isoformat()}",
         )
-    if latest.channel not in profile.consent_channels:
-        return Decision(False, WRONG_CHANNEL, rule, f"{ref}: consent covers {latest.channel!r}")
+    if latest.consent_channel not in profile.consent_channels:
+        return Decision(False, WRONG_CHANNEL, rule,
+                        f"{ref}: consent covers {latest.consent_channel!r}")
     if not organisation or latest.organisation != organisation:
         return Decision(
             False,

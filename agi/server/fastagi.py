@@ -200,9 +200,10 @@ class AGIServer:
         params.pop("token", None)
         call_id = env.uniqueid or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(
-            call_id=call_id, uniqueid=env.uniqueid, channel=env.channel, route=route or "/"
+            call_id=call_id, uniqueid=env.uniqueid, channel_name=env.channel_name,
+            route=route or "/"
         )
-        channel = AGIChannel(
+        agi = AGIChannel(
             env,
             stream,
             command_timeout=self.settings.command_timeout,
@@ -211,7 +212,7 @@ class AGIServer:
         # one bound logger for the call's lines: the module's lazy proxy binds a new one on
         # every line (~2.7 µs of a ~12 µs line)
         call_log = log.bind()
-        call = Call(agi=channel, route=route, params=params, call_id=call_id, log=call_log)
+        call = Call(agi=agi, route=route, params=params, call_id=call_id, log=call_log)
         if self.sessions is not None:
             self.sessions.started(call, peer)
         self.calls_total += 1
@@ -220,7 +221,7 @@ class AGIServer:
             if handler is None:
                 call.outcome = "unknown_route"
                 call_log.warning("agi_unknown_route", known=sorted(self.routes))
-                await self._mark_error(channel)
+                await self._mark_error(agi)
             else:
                 await handler(call)
         except AGIHangup:
@@ -232,9 +233,9 @@ class AGIServer:
         except Exception:
             call.outcome = "error"
             log.exception("agi_call_failed")
-            await self._mark_error(channel)
+            await self._mark_error(agi)
         finally:
-            channel.close()
+            agi.close()
             if self.sessions is not None:
                 self.sessions.finished(call)
             duration_ms = int((time.monotonic() - started) * 1000)
@@ -253,20 +254,20 @@ class AGIServer:
                 keys="".join([f"({d.digit})" if d.ignored else d.digit for d in call.digits]),
                 duration_ms=duration_ms,
                 commit_ms=call.commit_ms,
-                commands=channel.commands_sent,
-                hung_up=channel.hung_up,
+                commands=agi.commands_sent,
+                hung_up=agi.hung_up,
             )
             if self.metrics is not None:
                 self.metrics.call_finished(route or "/", call.outcome, duration_ms / 1000)
-            structlog.contextvars.unbind_contextvars("call_id", "uniqueid", "channel", "route")
+            structlog.contextvars.unbind_contextvars("call_id", "uniqueid", "channel_name", "route")
 
     @staticmethod
-    async def _mark_error(channel: AGIChannel) -> None:
+    async def _mark_error(agi: AGIChannel) -> None:
         """Best effort: leave CONSENT_RESULT=error for the dialplan (works on dead channels)."""
-        if channel.closed:
+        if agi.closed:
             return
         try:
-            await channel.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
+            await agi.set_variable(cv.CONSENT_RESULT, cv.RESULT_ERROR)
         except (AGIError, OSError):
             pass
 

@@ -162,7 +162,8 @@ class AGIEnv:
         return dict(_query_params(self.network_script.partition("?")[2]))
 
     @property
-    def channel(self) -> str:
+    def channel_name(self) -> str:
+        """Asterisk's name of the channel (``agi_channel``, e.g. ``PJSIP/6001-00000007``)."""
         return self.get("channel")
 
     @property

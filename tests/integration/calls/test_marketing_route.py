@@ -19,7 +19,7 @@ from agi.calls.prompts import PromptCatalogue
 from agi.cli.marketing import marketing_route
 from agi.cli.table import RouteDeps
 from agi.ledger.database import connect_pool
-from agi.ledger.decisions import LedgerStore
+from agi.ledger.decisions import LedgerDecisionStore
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ledger.records import ConsentDecision
@@ -78,7 +78,7 @@ async def _stack(
     settings: Settings, pool: asyncpg.Pool, ledger: Ledger, flow_pool: asyncpg.Pool | None = None
 ) -> AsyncIterator[Stack]:
     journal = Journal(settings.journal_dir)
-    store = LedgerStore(ledger, journal)
+    store = LedgerDecisionStore(ledger, journal)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     route = marketing_route(settings, RouteDeps(flow_pool or pool, store, prompts))
     server = AGIServer(settings, {"marketing": route})
@@ -223,7 +223,7 @@ async def test_live_call_consent_only_is_refused(stack: Stack) -> None:
     pool = stack.store.pool
     await consent(stack.ledger, NUMBER)
     attempt = await stack.dialled()
-    await consent(stack.ledger, NUMBER, channel="live_call")
+    await consent(stack.ledger, NUMBER, consent_channel="live_call")
     record = await stack.call(attempt=attempt)
     # the automated opt-in still stands: a live-call opt-in does not replace it
     assert record.variables["CONSENT_RESULT"] == "played"
@@ -231,7 +231,7 @@ async def test_live_call_consent_only_is_refused(stack: Stack) -> None:
     record = await stack.call(attempt=None, callerid="07400123402", uniqueid="1700000000.2")
     assert prompts(record) == []
     assert record.variables["CONSENT_REFUSAL_REASON"] == "no_consent"
-    await consent(stack.ledger, "+447400123402", channel="live_call")
+    await consent(stack.ledger, "+447400123402", consent_channel="live_call")
     record = await stack.call(attempt=None, callerid="07400123402", uniqueid="1700000000.3")
     assert record.variables["CONSENT_REFUSAL_REASON"] == "wrong_channel"
 

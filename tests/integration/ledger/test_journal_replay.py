@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from agi.ledger.chain import verify_chain
-from agi.ledger.decisions import LedgerStore, replay_journal
+from agi.ledger.decisions import LedgerDecisionStore, replay_journal
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ledger.records import AttemptRecord, ConsentDecision, LedgerUnavailable, StorageUnavailable
@@ -121,7 +121,7 @@ async def test_journaled_attempts_replay_too(
     ledger: Ledger, pool: Any, db_url: str, tmp_path: Path
 ) -> None:
     journal = Journal(tmp_path / "j")
-    store = LedgerStore(ledger, journal)
+    store = LedgerDecisionStore(ledger, journal)
     attempt = AttemptRecord(route="consent", outcome="hangup", reason="caller_hung_up",
                             idempotency_key="u1|PJSIP/a|attempt", instance="test",
                             ended_at=datetime.now(UTC))
@@ -156,14 +156,15 @@ class Exploding(Ledger):
 async def test_every_outage_shape_is_journaled(pool: Any, tmp_path: Path, exc: Exception) -> None:
     """PostgreSQL stopping mid-query says 57P01, not a connection error: journal it too."""
     journal = Journal(tmp_path / "j")
-    result = await LedgerStore(Exploding(pool, exc), journal).commit_decision(decision(1))
+    result = await LedgerDecisionStore(Exploding(pool, exc), journal).commit_decision(decision(1))
     assert result.journaled and journal.depth() == 1
 
 
 async def test_data_errors_are_not_journaled(pool: Any, tmp_path: Path) -> None:
     """A decision the database refuses as data would be refused at replay too: say error."""
     journal = Journal(tmp_path / "j")
-    store = LedgerStore(Exploding(pool, asyncpg.exceptions.CheckViolationError("bad")), journal)
+    refusing = Exploding(pool, asyncpg.exceptions.CheckViolationError("bad"))
+    store = LedgerDecisionStore(refusing, journal)
     with pytest.raises(StorageUnavailable):
         await store.commit_decision(decision(1))
     assert journal.depth() == 0
@@ -173,6 +174,6 @@ async def test_full_journal_disk_is_storage_unavailable(pool: Any, tmp_path: Pat
     journal = Journal(tmp_path / "j")
     journal._ensure()
     journal.active.symlink_to("/dev/full")
-    store = LedgerStore(Exploding(pool, LedgerUnavailable("down")), journal)
+    store = LedgerDecisionStore(Exploding(pool, LedgerUnavailable("down")), journal)
     with pytest.raises(StorageUnavailable):
         await store.commit_decision(decision(1))

@@ -107,7 +107,8 @@ async def test_latest_decision_wins_and_time_travel(ledger: Ledger) -> None:
     assert (
         await ledger.consent_at(NUMBER, "marketing-calls", organisation="Other Ltd")
     ).state == "none"
-    assert (await ledger.consent_at(NUMBER, "marketing-calls", channel="live_call")).state == "none"
+    live_only = await ledger.consent_at(NUMBER, "marketing-calls", consent_channel="live_call")
+    assert live_only.state == "none"
 
 
 async def test_consent_at_a_past_time_ignores_later_events(ledger: Ledger) -> None:

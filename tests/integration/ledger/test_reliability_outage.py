@@ -35,7 +35,7 @@ from agi.cli.marketing import marketing_route
 from agi.cli.table import RouteDeps
 from agi.ledger.chain import verify_chain
 from agi.ledger.database import connect_pool
-from agi.ledger.decisions import LedgerStore, replay_journal
+from agi.ledger.decisions import LedgerDecisionStore, replay_journal
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ledger.migrations import apply_migrations
@@ -96,7 +96,7 @@ async def test_database_stopped_during_a_burst_loses_no_decision(
     pool = await connect_pool(outage_db, min_size=1, max_size=10, timeout=1.0)
     ledger = Ledger(pool, timeout=1.0)
     journal = Journal(settings.journal_dir)
-    store = LedgerStore(ledger, journal)
+    store = LedgerDecisionStore(ledger, journal)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     sessions = CallSessions(pool, instance=settings.instance, timeout=1.0)
     routes = {"consent": ConsentFlow(settings, store, prompts),
@@ -256,7 +256,7 @@ async def test_database_down_and_journal_disk_full_never_confirms(
     journal = Journal(settings.journal_dir)
     journal._ensure()
     journal.active.symlink_to("/dev/full")  # ENOSPC on every append
-    store = LedgerStore(Ledger(pool, timeout=1.0), journal)
+    store = LedgerDecisionStore(Ledger(pool, timeout=1.0), journal)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     server = AGIServer(settings, {"consent": ConsentFlow(settings, store, prompts)})
     await server.start()

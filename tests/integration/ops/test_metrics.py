@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agi.calls.consent import ConsentFlow
 from agi.calls.prompts import PromptCatalogue
-from agi.ledger.decisions import LedgerStore
+from agi.ledger.decisions import LedgerDecisionStore
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ledger.migrations import pending_migrations
@@ -114,7 +114,7 @@ async def stack(
 ) -> AsyncIterator[tuple[AGIServer, MetricsServer, Metrics]]:
     metrics = Metrics()
     journal = Journal(tmp_path / "journal")
-    store = LedgerStore(ledger, journal, metrics=metrics)
+    store = LedgerDecisionStore(ledger, journal, metrics=metrics)
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
     routes = {"consent": ConsentFlow(settings, store, prompts)}
     server = AGIServer(settings, routes, metrics=metrics)

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agi.calls.prompts import PromptCatalogue
 from agi.cli.main import route_table
 from agi.cli.table import RouteDeps
-from agi.ledger.decisions import LedgerStore
+from agi.ledger.decisions import LedgerDecisionStore
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ops.config import Settings, repo_root
@@ -187,7 +187,7 @@ async def chain(
     settings = make_settings(agi_token=TOKEN)
     metrics = Metrics()  # passed to the store, the routes (deps) and the dialer, as serve does
     prompts = PromptCatalogue.load(settings.sounds_dir, prefix=settings.prompt_prefix)
-    store = LedgerStore(ledger, Journal(settings.journal_dir), metrics=metrics)
+    store = LedgerDecisionStore(ledger, Journal(settings.journal_dir), metrics=metrics)
     deps = RouteDeps(pool=pool, store=store, prompts=prompts, metrics=metrics)
     routes = {name: factory(settings, deps) for name, factory in route_table().items()}  # as serve
     assert "marketing" in routes

@@ -35,7 +35,7 @@ async def test_screen_matches_the_python_gate_number_by_number(
     await store.import_contacts(c, "\n".join(N[:12]) + "\n")
     await consent(ledger, N[0])                                   # allowed
     await consent(ledger, N[1]); await consent(ledger, N[1], "opt_out")  # noqa: E702
-    await consent(ledger, N[2], channel="live_call")              # wrong_channel
+    await consent(ledger, N[2], consent_channel="live_call")              # wrong_channel
     await consent(ledger, N[3]); await store.import_suppression(  # noqa: E702
         "ctps", datetime.now(UTC).date(), [N[3]])                 # suppressed
     await consent(ledger, N[4]); await consent(  # noqa: E702

@@ -64,7 +64,7 @@ def event(
     *,
     before: timedelta = timedelta(days=1),
     decision: str = "opt_in",
-    channel: str = "automated_call",
+    consent_channel: str = "automated_call",
     organisation: str = ORG,
     captured_by: str = "first_party",
     names_org: bool = False,
@@ -73,7 +73,7 @@ def event(
     return ConsentEvent(
         decision=decision,
         recorded_at=at if at is not None else START - before,
-        channel=channel,
+        consent_channel=consent_channel,
         organisation=organisation,
         captured_by=captured_by,
         third_party_names_organisation=names_org,
@@ -252,10 +252,14 @@ CONSENT_ROWS: list[Any] = [
         id="opt-out-during-call",
     ),
     pytest.param(UK, event(decision="maybe"), ORG, "no_consent", id="unknown-decision"),
-    pytest.param(UK, event(channel="live_call"), ORG, "wrong_channel", id="uk-live-call-only"),
-    pytest.param(US, event(channel="live_call"), ORG, "wrong_channel", id="us-live-call-only"),
-    pytest.param(EU, event(channel="live_call"), ORG, "wrong_channel", id="eu-live-call-only"),
-    pytest.param(UK, event(channel="sms"), ORG, "wrong_channel", id="sms-consent"),
+    pytest.param(UK, event(consent_channel="live_call"), ORG, "wrong_channel",
+                 id="uk-live-call-only"),
+    pytest.param(US, event(consent_channel="live_call"), ORG, "wrong_channel",
+                 id="us-live-call-only"),
+    pytest.param(EU, event(consent_channel="live_call"), ORG, "wrong_channel",
+                 id="eu-live-call-only"),
+    pytest.param(UK, event(consent_channel="sms"), ORG, "wrong_channel",
+                 id="sms-consent"),
     pytest.param(UK, event(organisation="Other Co"), ORG, "wrong_organisation", id="other-org"),
     pytest.param(
         UK, event(organisation="acme energy ltd"), ORG, "wrong_organisation", id="org-exact-match"
@@ -934,7 +938,8 @@ def test_gate_today_defaults_to_utc_date_of_call() -> None:
     ("change", "reason"),
     [
         pytest.param({"latest": event(at=START)}, "consent_not_before_call", id="consent-at-start"),
-        pytest.param({"latest": event(channel="live_call")}, "wrong_channel", id="live-only"),
+        pytest.param({"latest": event(consent_channel="live_call")}, "wrong_channel",
+                     id="live-only"),
         pytest.param({"latest": event(decision="opt_out")}, "opted_out", id="opted-out"),
         pytest.param(
             {"last_attempt_at": START - timedelta(minutes=30)},
@@ -1123,7 +1128,7 @@ def gate_case(draw: st.DrawFn) -> tuple[Profile, dict[str, Any], str]:
         latest = ConsentEvent(
             decision=overrides.get("decision", "opt_in"),
             recorded_at=start - overrides.get("before", timedelta(days=1)),
-            channel=overrides.get("channel", "automated_call"),
+            consent_channel=overrides.get("channel", "automated_call"),
             organisation=overrides.get("organisation", ORG),
             captured_by=overrides.get("captured_by", "first_party"),
             third_party_names_organisation=overrides.get("names_org", False),
