@@ -1,7 +1,8 @@
-"""``consent-ivr`` command line: the core commands, and the wiring of ``serve``.
+"""``consent-ivr`` command line: the parser, the two tables, the core commands and ``serve``.
 
-Feature commands and the routes beyond ``consent`` live in :mod:`agi.cli.table` (each module
-there adds its subcommands and routes to the tables this module reads).
+:func:`command_table` names every command module of :mod:`agi.cli` (``campaign``,
+``doctor``, ``receipts``…: each lists its ``COMMANDS``); :func:`route_table` names every AGI
+route's factory. ``serve`` runs as a :class:`agi.cli.service.Service`.
 
 ``main(argv=None) -> int`` so tests call it directly. Invalid configuration or
 input prints one clear line on stderr and returns 2; never a traceback.

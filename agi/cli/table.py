@@ -1,10 +1,11 @@
-"""Feature subcommands and the routes beyond ``consent``: each module lists what it adds.
+"""The shapes of the two tables: a :class:`Command`, and the :class:`RouteDeps` of a route factory.
 
-A command module defines ``COMMANDS``, a tuple of :class:`Command`; a route module a
-factory ``(settings, deps) -> handler``. :mod:`agi.cli.main` names every one of them in its two
-tables (:func:`agi.cli.main.command_table`, :func:`agi.cli.main.route_table`), so what the command
-line and the server offer is read in one place, and nothing registers itself on import: a
-module that fails to import stops the command line, it never silently drops a command.
+Each command module of :mod:`agi.cli` defines ``COMMANDS``, a tuple of :class:`Command`; a
+route is a factory ``(settings, deps) -> handler``. :mod:`agi.cli.main` names every one of
+them in its two tables (:func:`agi.cli.main.command_table`, :func:`agi.cli.main.route_table`),
+so what the command line and the server offer is read in one place, and nothing registers
+itself on import: a module that fails to import stops the command line, it never silently
+drops a command.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``DATABASE_URL`` when set; otherwise the embedded PostgreSQL in the data home. Only the
 commands that may create it (``serve``, ``migrate``, the writers) pass ``create``/``migrate``;
 the read-only ones fail with one line naming where they looked (issue 13). Shared by
-:mod:`agi.cli.main` and the command modules of :mod:`agi.cli.table`, so neither imports the other.
+:mod:`agi.cli.main` and the command modules of :mod:`agi.cli`, so neither imports the other.
 """
 
 from __future__ import annotations

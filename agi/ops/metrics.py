@@ -4,9 +4,8 @@ One :class:`Metrics` object owns a private ``CollectorRegistry`` (so tests can r
 several side by side) and exposes small, named hooks the rest of the code calls:
 the server's ``connection``/``call_finished``, the channel's per-command callback,
 the store's decision and database timings, the marketing flow's plays and refusals,
-the dialer's gate decisions and AMI state. Code that is not handed a ``Metrics``
-(flows, the dialer) calls :func:`current`, which the CLI points at the process's
-instance with :func:`install`.
+the dialer's gate decisions and AMI state. ``serve`` and ``dialer`` make the process's one
+instance and pass it in; there is no global (a component given none makes a private one).
 
 Label values are bounded: each label accepts only short lower-case tokens without
 digit runs (so a phone number or a call id can never become a label), and each
