@@ -2,7 +2,8 @@
 
 A separate command because ``evidence`` (:mod:`agi.cli.ledger_tools`) belongs to
 the reliability work; it renders the same document (:func:`agi.ledger.evidence.build_evidence`)
-with :func:`agi.reports.report.render_evidence_html`, a page a caller or a regulator can be given.
+with :func:`agi.reports.evidence_page.render_evidence_html`, a page a caller or a regulator
+can be given.
 
 The page also carries the signed consent receipt of the number's decisions
 (:mod:`agi.reports.receipt`, signed with the active key of the keys directory) and the result of
@@ -39,7 +40,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 async def cmd_evidence_html(settings: Any, args: argparse.Namespace) -> int:
     from agi.ledger.database import CommandError, open_pool
     from agi.ledger.numbers import normalise
-    from agi.reports.report import render_evidence_html
+    from agi.reports.evidence_page import render_evidence_html
 
     try:
         from agi.ledger.evidence import build_evidence

@@ -47,7 +47,7 @@ async def cmd_report(settings: Any, args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfoNotFoundError
 
     from agi.ledger.database import CommandError, open_pool
-    from agi.reports.report import ReportError, build_report, render_html
+    from agi.reports.campaign import ReportError, build_report, render_html
 
     try:
         async with open_pool(settings) as pool:

@@ -4,7 +4,7 @@ The consent writes (decisions, attempts) and the point-in-time reads (``consent_
 for a number) live here. Other modules of :mod:`agi.ledger` hold their own statements:
 :mod:`agi.ledger.sessions` (call sessions, crash recovery), :mod:`agi.ledger.evidence` and
 :mod:`agi.ledger.chain` (the evidence document and the hash chain); outside it,
-:mod:`agi.reports.report` (campaign reports) and :mod:`agi.outbound.campaigns` and its siblings
+:mod:`agi.reports.campaign` (campaign reports) and :mod:`agi.outbound.campaigns` and its siblings
 (the dialer's facts). Domain records (:mod:`agi.ledger.records`) go in and out, never asyncpg
 records. Writes are idempotent on a natural key, so a retried or replayed write never creates a
 second row; the database itself refuses UPDATE and DELETE of consent events.

@@ -190,7 +190,7 @@ def test_every_import_keeps_the_layer_rules() -> None:
     ("agi.outbound.dialer", "agi.calls.marketing", "agi.outbound.dialer imports agi.calls.mark"),
     ("agi.calls.consent", "agi.cli.main", "agi.calls.consent imports agi.cli.main"),
     ("agi.calls.consent", "agi.testing.fakeasterisk", "agi.calls.consent imports agi.testing."),
-    ("agi.reports.report", "agi.calls.prompts", "agi.reports.report imports agi.calls.prompts"),
+    ("agi.reports.campaign", "agi.calls.prompts", "agi.reports.campaign imports agi.calls.prompts"),
     ("agi.testing.fake_ami", "agi.outbound.dialer", "agi.testing.fake_ami imports agi.outbound"),
     ("agi.wire.protocol", "agi.wire.channel", "agi.wire.protocol imports agi.wire.channel"),
     ("agi.outbound.policy", "agi.outbound.campaigns", "agi.outbound.policy imports agi.outbound.c"),

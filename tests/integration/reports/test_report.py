@@ -27,7 +27,7 @@ import pytest
 from agi.cli.main import main
 from agi.ledger.ledger import Ledger
 from agi.ledger.records import ConsentDecision
-from agi.reports.report import build_report, render_html
+from agi.reports.campaign import build_report, render_html
 
 LONDON = ZoneInfo("Europe/London")
 ORG = "Example Energy Ltd"

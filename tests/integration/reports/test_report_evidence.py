@@ -13,7 +13,7 @@ import pytest
 from agi.cli.main import main
 from agi.ledger.ledger import Ledger
 from agi.ledger.records import ConsentDecision, DigitPress, PromptHeard
-from agi.reports.report import render_evidence_html
+from agi.reports.evidence_page import render_evidence_html
 from tests.integration.reports.test_report import _assert_self_contained, _png_stats, _screenshot
 
 NUMBER = "+447400123456"

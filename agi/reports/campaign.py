@@ -23,7 +23,6 @@ Days are calendar days in ``tz`` (default UTC), stated on the page.
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -31,12 +30,13 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from agi.reports.html import CSS, card, esc
+
 __all__ = [
     "CampaignReport",
     "DayFunnel",
     "ReportError",
     "build_report",
-    "render_evidence_html",
     "render_html",
 ]
 
@@ -328,31 +328,7 @@ async def _chain_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, An
 
 # --------------------------------------------------------------------------- HTML
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;
-     margin:0;background:#f4f6f9}
-main{max-width:1100px;margin:0 auto;padding:24px 28px 40px}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px;color:#243b6b}
-.sub{color:#5b6577;margin:0 0 18px}
-.cards{display:grid;grid-template-columns:repeat(4,1fr);gap:12px}
-.card{background:#fff;border-radius:8px;padding:14px 16px;border-left:6px solid #98a2b3;
-      box-shadow:0 1px 2px rgba(0,0,0,.06)}
-.card .v{font-size:28px;font-weight:700}.card .k{color:#5b6577;font-size:12px}
-.ok{border-left-color:#1f9d55}.ok .v{color:#1f7a45}.bad{border-left-color:#d92d20}
-.bad .v{color:#b42318}.warn{border-left-color:#f79009}
-table{border-collapse:collapse;width:100%;background:#fff;border-radius:8px;overflow:hidden}
-th,td{padding:6px 10px;text-align:right;border-bottom:1px solid #e6e9ef}
-th:first-child,td:first-child{text-align:left}th{background:#eef1f6;font-weight:600}
-.panel{background:#fff;border-radius:8px;padding:12px 14px;box-shadow:0 1px 2px rgba(0,0,0,.06)}
-.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
-footer{color:#5b6577;font-size:12px;margin-top:28px}
-"""
-
 _COLOURS = ("#3559a8", "#3f8fd2", "#41a6a0", "#7fbf5a", "#f0a030", "#d9534f")
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _bars_svg(items: list[tuple[str, int]], *, width: int = 1000, colour: str = "#3559a8",
@@ -372,7 +348,7 @@ def _bars_svg(items: list[tuple[str, int]], *, width: int = 1000, colour: str = 
         fill = colours[i % len(colours)] if colours else colour
         parts.append(
             f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end" font-size="13" '
-            f'fill="#1d2430">{_e(label)}</text>'
+            f'fill="#1d2430">{esc(label)}</text>'
             f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar}" rx="3" fill="{fill}"/>'
             f'<text x="{label_w + w + 6}" y="{y + 16}" font-size="13" fill="#1d2430">{v}</text>'
         )
@@ -394,7 +370,7 @@ def _days_svg(days: list[DayFunnel], *, width: int = 1000, height: int = 280) ->
     for i, (_, title) in enumerate(FUNNEL_STAGES):  # legend
         x = left + i * 150
         parts.append(f'<rect x="{x}" y="6" width="12" height="12" fill="{_COLOURS[i]}"/>'
-                     f'<text x="{x + 16}" y="17" font-size="12">{_e(title)}</text>')
+                     f'<text x="{x + 16}" y="17" font-size="12">{esc(title)}</text>')
     for t in range(5):  # grid
         v = top * t / 4
         y = top_pad + plot_h - plot_h * t / 4
@@ -413,11 +389,6 @@ def _days_svg(days: list[DayFunnel], *, width: int = 1000, height: int = 280) ->
                      f'{d.day:%d %b}</text>')
     parts.append("</svg>")
     return "".join(parts)
-
-
-def _card(key: str, value: object, cls: str = "") -> str:
-    return (f'<div class="card {cls}"><div class="v">{_e(value)}</div>'
-            f'<div class="k">{_e(key)}</div></div>')
 
 
 def render_html(report: CampaignReport) -> str:
@@ -452,37 +423,37 @@ def render_html(report: CampaignReport) -> str:
     reasons = [(r, n) for r, n in report.gate_refusals.items()]
     play_reasons = [(r, n) for r, n in report.playback_refusals.items()]
     verdict = "No breach found" if report.compliant else "ATTENTION: see the red items"
-    halted = (f"<p><b>Halted</b> at {_e(c['halted_at'])}: {_e(c['halt_reason'])}</p>"
+    halted = (f"<p><b>Halted</b> at {esc(c['halted_at'])}: {esc(c['halt_reason'])}</p>"
               if c.get("halted_at") else "")
-    notes = "".join(f"<li>{_e(n)}</li>" for n in report.notes)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in report.notes)
     detail = report.played_without_consent_detail
     zero = report.played_without_consent
     rate_text = f"{rate:.2%}" if rate is not None else "n/a"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Compliance report: {_e(c['name'])}</title><style>{_CSS}</style></head>
+<title>Compliance report: {esc(c['name'])}</title><style>{CSS}</style></head>
 <body><main>
-<h1>Campaign compliance report: {_e(c['name'])}</h1>
-<p class="sub">{_e(c['organisation'])} · purpose <b>{_e(c['purpose'])}</b> · profile
-<b>{_e(c['profile'])}</b> · status <b>{_e(c['status'])}</b> · period {_e(period)} ·
+<h1>Campaign compliance report: {esc(c['name'])}</h1>
+<p class="sub">{esc(c['organisation'])} · purpose <b>{esc(c['purpose'])}</b> · profile
+<b>{esc(c['profile'])}</b> · status <b>{esc(c['status'])}</b> · period {esc(period)} ·
 generated {report.generated_at:%Y-%m-%d %H:%M:%S %Z}</p>{halted}
 <div class="cards">
-{_card("Marketing played without a valid opt-in (must be 0)", zero, zero_cls)}
-{_card("Calls outside calling hours", f"{ch['outside']} / {ch['dialled']}", hours_cls)}
-{_card("Ledger hash chain", str(chain.get("status", "?")), chain_cls)}
-{_card("Verdict", verdict, "ok" if report.compliant else "bad")}
-{_card("Contacts on the list", report.contacts_on_list)}
-{_card("Marketing played", t.played)}
-{_card("Opted out during the call", t.opted_out)}
-{_card("Opt-out rate", f"{rate:.1%}" if rate is not None else "n/a")}
+{card("Marketing played without a valid opt-in (must be 0)", zero, zero_cls)}
+{card("Calls outside calling hours", f"{ch['outside']} / {ch['dialled']}", hours_cls)}
+{card("Ledger hash chain", str(chain.get("status", "?")), chain_cls)}
+{card("Verdict", verdict, "ok" if report.compliant else "bad")}
+{card("Contacts on the list", report.contacts_on_list)}
+{card("Marketing played", t.played)}
+{card("Opted out during the call", t.opted_out)}
+{card("Opt-out rate", f"{rate:.1%}" if rate is not None else "n/a")}
 </div>
 <h2>Funnel (period total)</h2>
 <div class="panel">{_bars_svg([(title, getattr(t, k)) for k, title in FUNNEL_STAGES],
                                colours=_COLOURS)}</div>
 <h2>Funnel per day</h2>
 <div class="panel">{_days_svg(report.days)}</div>
-<table><tr><th>Day</th>{"".join(f"<th>{_e(title)}</th>" for _, title in FUNNEL_STAGES)}
+<table><tr><th>Day</th>{"".join(f"<th>{esc(title)}</th>" for _, title in FUNNEL_STAGES)}
 <th>Refused by the gate</th></tr>{rows}{total_row}</table>
 <h2>Refusals by reason: the gate, before dialling</h2>
 <div class="panel">{_bars_svg(reasons, colour="#d9534f")}</div>
@@ -494,138 +465,18 @@ generated {report.generated_at:%Y-%m-%d %H:%M:%S %Z}</p>{halted}
 <tr><td>Marketing audio played without a valid opt-in</td><td>{report.played_without_consent}
  (of {detail['plays_checked']} plays: {detail['flagged_unverified_at_play_time']} flagged at
  play time, {detail['failed_independent_recheck']} failing this report's re-check)</td></tr>
-<tr><td>Calling hours (statutory {_e(ch['statutory_window'] or 'none')}, campaign
- {_e(ch['campaign_window'] or 'none')}, callee's local time, every zone of the number)</td>
+<tr><td>Calling hours (statutory {esc(ch['statutory_window'] or 'none')}, campaign
+ {esc(ch['campaign_window'] or 'none')}, callee's local time, every zone of the number)</td>
  <td>{ch['outside']} of {ch['dialled']} dialled calls outside</td></tr>
-<tr><td>Ledger hash chain</td><td class="mono">{_e(chain_text)}</td></tr>
+<tr><td>Ledger hash chain</td><td class="mono">{esc(chain_text)}</td></tr>
 <tr><td>Opt-out rate (opted out ÷ played)</td><td>{rate_text}</td></tr>
 </table>
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
-<footer>consent-ivr report · campaign id {c['id']} · caller ID presented {_e(c['caller_id'])} ·
-calendar days in {_e(report.tz)}. Every figure is read from the ledger tables at generation time;
-the JSON form (<span class="mono">consent-ivr report {_e(c['name'])} --json</span>) carries the same
-numbers.</footer>
+<footer>consent-ivr report · campaign id {c['id']} · caller ID presented {esc(c['caller_id'])} ·
+calendar days in {esc(report.tz)}. Every figure is read from the ledger tables at generation
+time; the JSON form (<span class="mono">consent-ivr report {esc(c['name'])} --json</span>) carries
+the same numbers.</footer>
 </main></body></html>
 """
 
 
-# --------------------------------------------------------------------------- evidence page
-
-
-def _kv_table(rows: list[tuple[str, object]]) -> str:
-    return "<table>" + "".join(
-        f"<tr><td>{_e(k)}</td><td class=\"l\">{_e('—' if v is None else v)}</td></tr>"
-        for k, v in rows) + "</table>"
-
-
-def render_evidence_html(ev: dict[str, Any]) -> str:
-    """The evidence document of :func:`agi.ledger.evidence.build_evidence` as a readable page.
-
-    Self-contained like the campaign report. Every value, including caller-controlled
-    text such as the caller ID name, is HTML-escaped.
-    """
-    chain = ev.get("chain") or {}
-    if chain.get("ok"):
-        chain_card = _card("Ledger hash chain", "intact", "ok")
-        chain_text = (f"intact: {chain.get('checked')} event(s) verified; chain head "
-                      f"{chain.get('head_hash')}")
-    else:
-        brk = chain.get("first_break") or {}
-        chain_card = _card("Ledger hash chain", "BROKEN", "bad")
-        chain_text = f"BROKEN at event {brk.get('id')} ({brk.get('kind')}): {brk.get('detail')}"
-    states = "".join(
-        f"<tr><td>{_e(s['purpose'])}</td><td>{_e(s['organisation'])}</td>"
-        f"<td>{_e(s['channel'])}</td><td><b>{_e(s['state'])}</b></td>"
-        f"<td>#{_e(s['event_id'])}</td><td>{_e(s['decided_at'])}</td></tr>"
-        for s in ev.get("state", [])
-    ) or '<tr><td colspan="6">no consent event recorded for this number</td></tr>'
-    current = next(iter(ev.get("state", [])), None)
-    state_cls = "ok" if current and current["state"] == "opted_in" else ""
-    events = []
-    for e in ev.get("events", []):
-        c = e.get("chain", {})
-        heard = "".join(
-            f"<tr><td>{_e(p.get('id'))} [{_e(p.get('lang'))}]"
-            f"{' (interrupted)' if p.get('interrupted') else ''}</td>"
-            f"<td class=\"l\">“{_e(p.get('text'))}”<br>"
-            f"<span class=\"mono\">sha256 {_e(p.get('sha256'))}</span></td></tr>"
-            for p in e.get("prompts", [])
-        ) or '<tr><td colspan="2">none recorded</td></tr>'
-        pressed = ", ".join(
-            f"{_e(d.get('digit'))} at {_e(d.get('step'))} (+{_e(d.get('offset_ms'))} ms)"
-            for d in e.get("digits", [])
-        ) or "none"
-        cls = "ok" if c.get("status") == "verified" else "bad"
-        events.append(f"""
-<h3>Event #{_e(e['id'])}: {_e(e['decision'])} for {_e(e['purpose'])}</h3>
-<div class="panel">
-{_kv_table([
-    ("Decided (caller's key press)", e.get("decided_at")),
-    ("Recorded by the ledger (database clock)", e.get("recorded_at")),
-    ("Organisation", e.get("organisation")), ("Channel", e.get("channel")),
-    ("Method", e.get("method")), ("Evidence of the number", e.get("evidence_strength")),
-    ("Captured by", e.get("captured_by")), ("Caller ID number (as received)",
-                                            e.get("callerid_num")),
-    ("Caller ID name (as received)", e.get("callerid_name")),
-    ("Call uniqueid / linkedid", f"{e.get('uniqueid')} / {e.get('linkedid')}"),
-    ("Channel name", e.get("channel_name")), ("Keys pressed", pressed),
-    ("Source / server instance", f"{e.get('source')} / {e.get('instance')}"),
-])}
-<p><b>What the caller heard</b></p>
-<table><tr><th>Prompt</th><th class="l">Exact words and audio hash</th></tr>{heard}</table>
-<p><b>Chain proof</b>: <span class="card-inline {cls}">{_e(c.get('status'))}</span>
- — hash = sha256(prev_hash ‖ canonical form); recomputes:
- {_e(c.get('hash_recomputes'))}</p>
-<p class="mono">prev_hash {_e(c.get('prev_hash'))}<br>hash&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;
-{_e(c.get('hash'))}</p>
-<pre class="mono">{_e(c.get('canonical'))}</pre>
-</div>""")
-    attempts = "".join(
-        f"<tr><td>#{_e(a.get('id'))}</td><td>{_e(a.get('recorded_at'))}</td>"
-        f"<td>{_e(a.get('outcome'))}</td><td>{_e(a.get('reason'))}</td>"
-        f"<td>{_e(a.get('route'))}</td><td>{_e(a.get('uniqueid'))}</td></tr>"
-        for a in ev.get("attempts", [])
-    )
-    sessions = "".join(
-        f"<tr><td>{_e(s.get('started_at'))}</td><td>{_e(s.get('state'))}</td>"
-        f"<td>{_e(s.get('outcome'))}</td><td>{_e(s.get('route'))}</td>"
-        f"<td>{_e(s.get('uniqueid'))}</td></tr>"
-        for s in ev.get("call_sessions", [])
-    )
-    ids = ev.get("call_ids", {})
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Consent evidence: {_e(ev.get('number'))}</title><style>{_CSS}
-td.l,th.l{{text-align:left}}pre{{white-space:pre-wrap;background:#f4f6f9;padding:8px;
-border-radius:6px}}h3{{font-size:15px;margin:22px 0 8px}}
-.card-inline{{padding:1px 8px;border-radius:4px;color:#fff;background:#98a2b3}}
-.card-inline.ok{{background:#1f9d55}}.card-inline.bad{{background:#d92d20}}</style></head>
-<body><main>
-<h1>Consent evidence for {_e(ev.get('number'))}</h1>
-<p class="sub">Generated {_e(ev.get('generated_at'))} from the consent ledger ·
-format {_e(ev.get('format'))}</p>
-<div class="cards">
-{_card("Current state", current["state"] if current else "no record", state_cls)}
-{_card("Consent events", len(ev.get("events", [])))}
-{_card("Calls without a decision", len(ev.get("attempts", [])))}
-{chain_card}
-</div>
-<h2>Current consent</h2>
-<table><tr><th>Purpose</th><th>Organisation</th><th>Channel</th><th>State</th><th>Event</th>
-<th>Since</th></tr>{states}</table>
-<h2>Ledger integrity</h2><p class="mono">{_e(chain_text)}</p>
-<h2>Every decision, with what the caller heard and pressed</h2>
-{"".join(events) or '<p class="sub">none</p>'}
-<h2>Calls that ended without a decision (never consent)</h2>
-{f'<table><tr><th>Id</th><th>When</th><th>Outcome</th><th>Reason</th><th>Route</th>'
- f'<th>Uniqueid</th></tr>{attempts}</table>' if attempts else '<p class="sub">none</p>'}
-{f'<h2>Call sessions</h2><table><tr><th>Started</th><th>State</th><th>Outcome</th>'
- f'<th>Route</th><th>Uniqueid</th></tr>{sessions}</table>' if sessions else ''}
-<h2>Call identifiers</h2>
-{_kv_table([(k, ", ".join(v) or "—") for k, v in ids.items()])}
-<footer>consent-ivr evidence export. The JSON form (<span class="mono">consent-ivr evidence
-NUMBER --json</span>) carries the same data; each event's hash can be recomputed by hand as
-sha256(prev_hash bytes followed by the UTF-8 canonical form shown).</footer>
-</main></body></html>
-"""
