@@ -6,20 +6,16 @@ and the benchmarks drive the server with the same, conformance-proven fake
 """
 
 from agi.testing.fakeasterisk import (
-    DEFAULT_SOUNDS,
-    ENV_ORDER,
     HANGUP,
     R_511,
     SILENCE,
-    USAGE,
     CallRecord,
     FakeAsterisk,
     FakeAsteriskError,
     PromptPlay,
-    find_command,
-    parse_args,
-    parse_command_line,
 )
+from agi.testing.res_agi import ENV_ORDER, USAGE, find_command, parse_args, parse_command_line
+from agi.testing.sounds import DEFAULT_SOUNDS
 
 #: a caller who opts in: 1 at the question, silent while the purpose's statement plays whole,
 #: 1 at the confirmation (a second 1 straight away lands in the statement and is ignored)

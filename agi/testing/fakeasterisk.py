@@ -8,7 +8,8 @@ sends the ``agi_*`` environment block, then answers every command exactly as rea
 22.10.1 does on the wire (``tests/conformance/transcripts`` holds 30 byte-exact recordings, and
 ``tests/conformance/test_transcripts.py`` replays every one of them against this class). Nothing
 is hard-coded per transcript: commands are parsed with res_agi's ``parse_args`` rules, looked up
-in res_agi's command table, and executed against a small channel model (answer state,
+in res_agi's command table (both in :mod:`agi.testing.res_agi`; the sound lengths in
+:mod:`agi.testing.sounds`), and executed against a small channel model (answer state,
 variables, a sounds table, a DTMF/hangup timeline, a virtual clock).
 
 The caller is either
@@ -38,433 +39,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import heapq
 import itertools
-import json
 import math
 import re
-import wave
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from agi.ops import resources
+from agi.testing.res_agi import (
+    AGI_BUF_LEN,
+    DIGIT_TIMEOUT_MS,
+    DTMF,
+    ENV_ORDER,
+    FLOAT_RE,
+    FRAME,
+    R_510,
+    R_511,
+    R_520_HEAD,
+    R_520_NODOCS,
+    R_520_TAIL,
+    RATE,
+    RESPONSE_TIMEOUT_MS,
+    USAGE,
+    Marker,
+    atoi,
+    decode,
+    encode,
+    find_command,
+    parse_command_line,
+    scan_int,
+)
+from agi.testing.sounds import (
+    DEFAULT,
+    DEFAULT_SOUNDS,
+    DEFAULT_SOUNDS_DIR,
+    SAY_CHAR,
+    number_files,
+    scan_sounds_dir,
+)
 
-__all__ = [
-    "DEFAULT_SOUNDS",
-    "ENV_ORDER",
-    "HANGUP",
-    "SILENCE",
-    "USAGE",
-    "CallRecord",
-    "FakeAsterisk",
-    "FakeAsteriskError",
-    "PromptPlay",
-    "find_command",
-    "parse_args",
-    "parse_command_line",
-]
+__all__ = ["HANGUP", "SILENCE", "CallRecord", "FakeAsterisk", "FakeAsteriskError", "PromptPlay"]
 
 
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: Press-script item: the caller presses nothing (prompt plays to the end, waits time out).
-SILENCE: Final = _Marker("SILENCE")
+SILENCE: Final = Marker("SILENCE")
 #: Press-script item / timeline event: the caller hangs up during that command.
-HANGUP: Final = _Marker("HANGUP")
+HANGUP: Final = Marker("HANGUP")
 
 
 class FakeAsteriskError(AssertionError):
     """The fake was asked to do something it does not model (strict: never guess)."""
-
-
-# --------------------------------------------------------------------------- res_agi model
-
-#: res_agi.c: ``#define MAX_ARGS 128``; ``parse_args`` keeps at most MAX_ARGS - 1 words.
-MAX_ARGS: Final = 128
-#: res_agi.c reads a command with fgets() into ``char buf[AGI_BUF_LEN]`` (2048): 2047 bytes.
-AGI_BUF_LEN: Final = 2048
-#: pbx defaults used by GET OPTION (dtimeoutms) and GET DATA without a timeout.
-DIGIT_TIMEOUT_MS: Final = 5000
-RESPONSE_TIMEOUT_MS: Final = 10000
-#: frames of 20 ms = 160 samples at 8 kHz; endpos moves in whole frames.
-FRAME: Final = 160
-RATE: Final = 8000
-DTMF: Final = "0123456789*#ABCD"
-
-ENV_ORDER: Final = (
-    "network",
-    "network_script",
-    "request",
-    "channel",
-    "language",
-    "type",
-    "uniqueid",
-    "version",
-    "callerid",
-    "calleridname",
-    "callingpres",
-    "callingani2",
-    "callington",
-    "callingtns",
-    "dnid",
-    "rdnis",
-    "context",
-    "extension",
-    "priority",
-    "enhanced",
-    "accountcode",
-    "threadid",
-)
-
-
-def parse_args(line: bytes) -> list[bytes]:
-    """res_agi.c ``parse_args``: split a command line into words, byte for byte.
-
-    Blanks and tabs separate words; ``"`` toggles quoting (a quote opening on a blank starts a
-    new, possibly empty, word; elsewhere it just toggles); ``\\`` makes the next byte literal;
-    every other byte (CR and NUL included) is an ordinary character. At most 127 words: once
-    that many are open, further words are dropped byte by byte, as Asterisk does.
-
-    >>> parse_args(b'SET VARIABLE V "a \\\\"b\\\\" c\\\\\\\\d" ""')
-    [b'SET', b'VARIABLE', b'V', b'a "b" c\\\\d', b'']
-    """
-    args: list[bytearray] = []
-    quoted = escaped = False
-    whitespace = True
-    for byte in line:
-        if byte == 0x22 and not escaped:  # '"'
-            quoted = not quoted
-            if quoted and whitespace:
-                args.append(bytearray())
-                whitespace = False
-            escaped = False
-            continue
-        if byte in (0x20, 0x09) and not quoted and not escaped:
-            whitespace = True
-            continue
-        if byte == 0x5C and not escaped:  # '\\'
-            escaped = True
-            continue
-        if whitespace:
-            if len(args) >= MAX_ARGS - 1:
-                continue  # "Too many arguments, truncating"
-            args.append(bytearray())
-            whitespace = False
-        args[-1].append(byte)
-        escaped = False
-    return [bytes(a) for a in args]
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="surrogateescape")
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", errors="surrogateescape")
-
-
-def parse_command_line(line: bytes) -> list[str]:
-    """:func:`parse_args` with each word decoded (UTF-8, undecodable bytes kept as escapes)."""
-    return [_decode(a) for a in parse_args(line)]
-
-
-# name words, handler, runs on a dead channel (res_agi's command table, in its order)
-_TABLE: Final[tuple[tuple[tuple[str, ...], str, bool], ...]] = (
-    (("answer",), "answer", False),
-    (("asyncagi", "break"), "asyncagi_break", True),
-    (("channel", "status"), "channel_status", False),
-    (("database", "del"), "database_del", True),
-    (("database", "deltree"), "database_deltree", True),
-    (("database", "get"), "database_get", True),
-    (("database", "put"), "database_put", True),
-    (("exec",), "exec", True),
-    (("get", "data"), "get_data", False),
-    (("get", "full", "variable"), "get_full_variable", True),
-    (("get", "option"), "get_option", False),
-    (("get", "variable"), "get_variable", True),
-    (("hangup",), "hangup", False),
-    (("noop",), "noop", True),
-    (("receive", "char"), None, False),
-    (("receive", "text"), None, False),
-    (("record", "file"), None, False),
-    (("say", "alpha"), None, False),
-    (("say", "digits"), "say_digits", False),
-    (("say", "number"), "say_number", False),
-    (("say", "phonetic"), None, False),
-    (("say", "date"), None, False),
-    (("say", "time"), None, False),
-    (("say", "datetime"), None, False),
-    (("send", "image"), None, False),
-    (("send", "text"), "send_text", False),
-    (("set", "autohangup"), "set_autohangup", False),
-    (("set", "callerid"), "set_callerid", False),
-    (("set", "context"), "set_context", False),
-    (("set", "extension"), "set_extension", False),
-    (("set", "music"), "set_music", False),
-    (("set", "priority"), "set_priority", False),
-    (("set", "variable"), "set_variable", True),
-    (("stream", "file"), "stream_file", False),
-    (("control", "stream", "file"), None, False),
-    (("tdd", "mode"), None, False),
-    (("verbose",), "verbose", True),
-    (("wait", "for", "digit"), "wait_for_digit", False),
-    (("speech", "create"), None, False),
-    (("speech", "set"), None, False),
-    (("speech", "destroy"), None, True),
-    (("speech", "load", "grammar"), None, False),
-    (("speech", "unload", "grammar"), None, True),
-    (("speech", "activate", "grammar"), None, False),
-    (("speech", "deactivate", "grammar"), None, False),
-    (("speech", "recognize"), None, False),
-)  # type: ignore[assignment]
-
-
-def find_command(words: Sequence[str]) -> tuple[tuple[str, ...], str | None, bool] | None:
-    """res_agi ``find_command(argv, 0)``: the first entry whose words all match (any case)
-    and that needs no more words than were given; extra words are arguments."""
-    for entry in _TABLE:
-        names = entry[0]
-        if len(words) >= len(names) and all(
-            w.lower() == n for w, n in zip(words, names, strict=False)
-        ):
-            return entry
-    return None
-
-
-#: 520 usage bodies, one string per line Asterisk 22.10.1 sends. The first eight are copied
-#: byte for byte from the transcripts (09, 11, 15, 17, 18); the rest are the <para>s of
-#: res_agi.c's XML docs joined one per line the same way (not observed on the wire).
-USAGE: Final[dict[str, tuple[str, ...]]] = {
-    "stream file": (
-        "Send the given file, allowing playback to be interrupted by the given digits, if any. "
-        "Returns <literal>0</literal> if playback completes without a digit being pressed, or "
-        "the ASCII numerical value of the digit if one was pressed, or <literal>-1</literal> on "
-        "error or if the channel was disconnected. If musiconhold is playing before calling "
-        "stream file it will be automatically stopped and will not be restarted after "
-        "completion.",
-        "It sets the following channel variables upon completion:",
-        "<variable>PLAYBACKSTATUS</variable>: The status of the playback attempt as a text string.",
-        "    <value>SUCCESS</value>",
-        "    <value>FAILED</value>",
-    ),
-    "get data": (
-        "Stream the given <replaceable>file</replaceable>, and receive DTMF data.",
-        "Returns the digits received from the channel at the other end.",
-    ),
-    "wait for digit": (
-        "Waits up to <replaceable>timeout</replaceable> milliseconds for channel to receive a "
-        "DTMF digit. Returns <literal>-1</literal> on channel failure, <literal>0</literal> if "
-        "no digit is received in the timeout, or the numerical value of the ascii of the digit "
-        "if one is received. Use <literal>-1</literal> for the <replaceable>timeout</replaceable>"
-        " value if you desire the call to block indefinitely.",
-    ),
-    "say digits": (
-        "Say a given digit string, returning early if any of the given DTMF digits are received "
-        "on the channel. Returns <literal>0</literal> if playback completes without a digit "
-        "being pressed, or the ASCII numerical value of the digit if one was pressed or "
-        "<literal>-1</literal> on error/hangup.",
-    ),
-    "set variable": ("Sets a variable to the current channel.",),
-    "get variable": (
-        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
-        "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
-        "returns the variable in parentheses.",
-        "Example return code: 200 result=1 (testvariable)",
-    ),
-    "exec": (
-        "Executes <replaceable>application</replaceable> with given "
-        "<replaceable>options</replaceable>.",
-        "Returns whatever the <replaceable>application</replaceable> returns, or "
-        "<literal>-2</literal> on failure to find <replaceable>application</replaceable>.",
-        "<note>NOTE:</note> exec does not evaluate dialplan functions and variables unless it "
-        "is explicitly enabled by setting the <variable>AGIEXECFULL</variable> variable to "
-        "<literal>yes</literal>.",
-    ),
-    "verbose": (
-        "Sends <replaceable>message</replaceable> to the console via verbose message system. "
-        "<replaceable>level</replaceable> is the verbose level (1-4). Always returns "
-        "<literal>1</literal>",
-    ),
-    # --- from res_agi.c XML docs, not observed on the wire
-    "channel status": (
-        "Returns the status of the specified <replaceable>channelname</replaceable>. If no "
-        "channel name is given then returns the status of the current channel.",
-        "Return values:",
-    ),
-    "database del": (
-        "Deletes an entry in the Asterisk database for a given <replaceable>family</replaceable>"
-        " and <replaceable>key</replaceable>.",
-        "Returns <literal>1</literal> if successful, <literal>0</literal> otherwise.",
-    ),
-    "database deltree": (
-        "Deletes a <replaceable>family</replaceable> or specific "
-        "<replaceable>keytree</replaceable> within a <replaceable>family</replaceable> in the "
-        "Asterisk database.",
-        "Returns <literal>1</literal> if successful, <literal>0</literal> otherwise.",
-    ),
-    "database get": (
-        "Retrieves an entry in the Asterisk database for a given "
-        "<replaceable>family</replaceable> and <replaceable>key</replaceable>.",
-        "Returns <literal>0</literal> if <replaceable>key</replaceable> is not set. Returns "
-        "<literal>1</literal> if <replaceable>key</replaceable> is set and returns the variable "
-        "in parenthesis.",
-        "Example return code: 200 result=1 (testvariable)",
-    ),
-    "database put": (
-        "Adds or updates an entry in the Asterisk database for a given "
-        "<replaceable>family</replaceable>, <replaceable>key</replaceable>, and "
-        "<replaceable>value</replaceable>.",
-        "Returns <literal>1</literal> if successful, <literal>0</literal> otherwise.",
-    ),
-    "get full variable": (
-        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set or "
-        "channel does not exist. Returns <literal>1</literal> if "
-        "<replaceable>variablename</replaceable> is set and returns the variable in parenthesis."
-        " Understands complex variable names and builtin variables, unlike GET VARIABLE.",
-        "Example return code: 200 result=1 (testvariable)",
-    ),
-    "get option": ("Behaves similar to STREAM FILE but used with a timeout option.",),
-    "hangup": (
-        "Hangs up the specified channel. If no channel name is given, hangs up the current channel",
-    ),
-    "say number": (
-        "Say a given number, returning early if any of the given DTMF digits are received on "
-        "the channel.  Returns <literal>0</literal> if playback completes without a digit being "
-        "pressed, or the ASCII numerical value of the digit if one was pressed or "
-        "<literal>-1</literal> on error/hangup.",
-    ),
-    "send text": (
-        "Sends the given text on a channel. Most channels do not support the transmission of "
-        "text. Returns <literal>0</literal> if text is sent, or if the channel does not support "
-        "text transmission. Returns <literal>-1</literal> only on error/hangup.",
-    ),
-    "set autohangup": (
-        "Cause the channel to automatically hangup at <replaceable>time</replaceable> seconds "
-        "in the future. Of course it can be hungup before then as well. Setting to "
-        "<literal>0</literal> will cause the autohangup feature to be disabled on this channel.",
-    ),
-    "set callerid": ("Changes the callerid of the current channel.",),
-    "set context": ("Sets the context for continuation upon exiting the application.",),
-    "set extension": ("Changes the extension for continuation upon exiting the application.",),
-    "set music": (
-        "Enables/Disables the music on hold generator. If <replaceable>class</replaceable> is "
-        "not specified, then the <literal>default</literal> music on hold class will be used. "
-        "This generator will be stopped automatically when playing a file.",
-        "Always returns <literal>0</literal>.",
-    ),
-    "set priority": (
-        "Changes the priority for continuation upon exiting the application. The priority must "
-        "be a valid priority or label.",
-    ),
-}
-
-R_510: Final = b"510 Invalid or unknown command\n"
-R_511: Final = b"511 Command Not Permitted on a dead channel or intercept routine\n"
-R_520_HEAD: Final = b"520-Invalid command syntax.  Proper usage follows:\n"
-R_520_TAIL: Final = b"520 End of proper usage.\n"
-R_520_NODOCS: Final = b"520 Invalid command syntax.  Proper usage not available.\n"
-
-_INT = re.compile(r"\s*([+-]?\d+)")
-_FLOAT = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
-
-
-def _scan_int(text: str) -> int | None:
-    """C ``sscanf("%30d")``: leading blanks, optional sign, digits; None when no number."""
-    match = _INT.match(text)
-    return int(match.group(1)[:31]) if match else None
-
-
-def _atoi(text: str) -> int:
-    value = _scan_int(text)
-    return 0 if value is None else value
-
-
-# --------------------------------------------------------------------------- sounds
-
-#: Stock Asterisk sounds as they behave in the transcripts (8 kHz samples). beep and
-#: demo-thanks are measured (endpos when played to the end: 04); demo-congrats is only known
-#: to exceed 24160 (30), 92000 is an estimate; digits/* are inferred from SAY DIGITS taking
-#: ~0.84 s per digit (18: "123" in 2.52 s; 28: ten digits in 8.37 s).
-DEFAULT_SOUNDS: Final[dict[str, int]] = {
-    "beep": 3520,
-    "demo-thanks": 44160,
-    "demo-congrats": 92000,
-    **{f"digits/{n}": 6720 for n in range(0, 21)},
-    **{f"digits/{n}": 6720 for n in range(30, 100, 10)},
-    "digits/hundred": 6720,
-    "digits/thousand": 6720,
-    "digits/million": 6720,
-    "digits/minus": 6720,
-    "digits/star": 6720,
-    "digits/pound": 6720,
-}
-
-DEFAULT_SOUNDS_DIR: Final = resources.sounds_dir()
-_DEFAULT: Final = _Marker("DEFAULT")
-
-
-@functools.lru_cache(maxsize=8)
-def _scan_sounds_dir(directory: str) -> dict[tuple[str, str], int]:
-    """``{(lang, "consent-ivr/identify"): samples}`` for ``<dir>/<lang>/**/*.wav``.
-
-    The manifest's ``samples`` is used when present; otherwise the WAV header is read.
-    """
-    root = Path(directory)
-    out: dict[tuple[str, str], int] = {}
-    if not root.is_dir():
-        return out
-    manifest: dict[str, int] = {}
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        data = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        for item in data.get("prompts", []):
-            if "samples" in item:
-                manifest[str(item["file"])] = int(item["samples"])
-    for path in sorted(root.glob("*/**/*.wav")):
-        rel = path.relative_to(root).as_posix()
-        lang, _, name = rel.partition("/")
-        samples = manifest.get(rel)
-        if samples is None:
-            try:
-                with wave.open(str(path), "rb") as wav:
-                    samples = wav.getnframes() * RATE // max(wav.getframerate(), 1)
-            except (OSError, wave.Error, EOFError):
-                continue
-        out[(lang, name.removesuffix(".wav"))] = samples
-    return out
-
-
-def _number_files(num: int) -> list[str]:
-    """English ``ast_say_number`` file list (enough for phone flows)."""
-    files: list[str] = []
-    if num < 0:
-        files.append("digits/minus")
-        num = -num
-    if num == 0:
-        return [*files, "digits/0"]
-    for size, word in ((1_000_000, "million"), (1000, "thousand"), (100, "hundred")):
-        if num >= size:
-            files += [*_number_files(num // size), f"digits/{word}"]
-            num %= size
-    if num >= 20:
-        files.append(f"digits/{num - num % 10}")
-        num %= 10
-    if num:
-        files.append(f"digits/{num}")
-    return files
-
-
-_SAY_CHAR: Final = {"*": "digits/star", "#": "digits/pound", "-": "digits/minus"}
 
 
 # --------------------------------------------------------------------------- record
@@ -526,9 +151,9 @@ class CallRecord:
         return [p.name for p in self.prompts]
 
 
-_NEED_MORE: Final = _Marker("NEED_MORE")
-_IDLE_TIMEOUT: Final = _Marker("IDLE_TIMEOUT")
-_EXIT: Final = _Marker("EXIT")
+_NEED_MORE: Final = Marker("NEED_MORE")
+_IDLE_TIMEOUT: Final = Marker("IDLE_TIMEOUT")
+_EXIT: Final = Marker("EXIT")
 
 
 class _Clock:
@@ -637,15 +262,15 @@ class FakeAsterisk:
         threadid: int = 140142575412928,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
-        presses: Sequence[str | _Marker] | None = None,
+        presses: Sequence[str | Marker] | None = None,
         hangup_after: int | None = None,
-        timeline: Iterable[tuple[float, str | _Marker]] | None = None,
+        timeline: Iterable[tuple[float, str | Marker]] | None = None,
         on_presses_exhausted: str = "silence",
         answered: bool = False,
         answer_delay: float = 0.5,
         variables: Mapping[str, str] | None = None,
         sounds: Mapping[str, int] | None = None,
-        sounds_dir: Path | str | _Marker | None = _DEFAULT,
+        sounds_dir: Path | str | Marker | None = DEFAULT,
         missing_sounds: Iterable[str] = (),
         hangup_notice: str = "immediate",
         exit_on_hangup: bool = False,
@@ -701,7 +326,7 @@ class FakeAsterisk:
         self._cid_num = "" if cid == "unknown" else cid
         self._cid_name = "" if cidname == "unknown" else cidname
 
-        self._presses: list[str | _Marker] | None = list(presses) if presses is not None else None
+        self._presses: list[str | Marker] | None = list(presses) if presses is not None else None
         self.hangup_after = hangup_after
         self._timeline = sorted(
             (float(t), "HANGUP" if ev is HANGUP else str(ev)) for t, ev in (timeline or ())
@@ -719,9 +344,9 @@ class FakeAsterisk:
         self.connect_timeout = connect_timeout
 
         self._sounds: dict[str, int] = {**DEFAULT_SOUNDS, **(sounds or {})}
-        directory = DEFAULT_SOUNDS_DIR if sounds_dir is _DEFAULT else sounds_dir
+        directory = DEFAULT_SOUNDS_DIR if sounds_dir is DEFAULT else sounds_dir
         self._localized: dict[tuple[str, str], int] = (
-            dict(_scan_sounds_dir(str(directory))) if isinstance(directory, (str, Path)) else {}
+            dict(scan_sounds_dir(str(directory))) if isinstance(directory, (str, Path)) else {}
         )
         self._missing = set(missing_sounds)
 
@@ -819,7 +444,7 @@ class FakeAsterisk:
             self._burst = 0
             rec.transcript.append((">", line))
             body = line.removesuffix(b"\n")
-            rec.commands.append(_decode(body))
+            rec.commands.append(decode(body))
             if self._notice == "pending":
                 # the hangup is noticed once the next command wakes the AGI loop up (30)
                 self._notice = None
@@ -869,7 +494,7 @@ class FakeAsterisk:
             return
         await self._send(R_520_HEAD)
         # one ast_agi_send("%s", usage) for the whole body, as res_agi does
-        await self._send(_encode("".join(f"{ln}\n" for ln in docs)))
+        await self._send(encode("".join(f"{ln}\n" for ln in docs)))
         await self._send(R_520_TAIL)
 
     # ------------------------------------------------------------------ hangup
@@ -959,7 +584,7 @@ class FakeAsterisk:
             else:
                 self.record.dropped_digits.append(ev)
 
-    def _take_press(self, command: str) -> str | _Marker | None:
+    def _take_press(self, command: str) -> str | Marker | None:
         """Next press-script item for an input-waiting command (None in timeline mode)."""
         if self._presses is None:
             return None
@@ -972,7 +597,7 @@ class FakeAsterisk:
         self.record.presses_used.append((command, press))
         return press
 
-    def _inject_press(self, press: str | _Marker | None, at: float) -> None:
+    def _inject_press(self, press: str | Marker | None, at: float) -> None:
         """Turn a one-key press (or HANGUP) into a scoped event ``at`` s from now."""
         if press is None or press is SILENCE:
             return
@@ -1136,14 +761,14 @@ class FakeAsterisk:
         value = self._read(argv[2])
         if value is None:
             return [b"200 result=0\n"], False
-        return [b"200 result=1 (" + _encode(value) + b")\n"], False
+        return [b"200 result=1 (" + encode(value) + b")\n"], False
 
     async def _cmd_get_full_variable(self, argv: list[str]) -> _Result:
         if len(argv) not in (4, 5):
             return USAGE_ERROR, False
         if len(argv) == 5 and argv[4] != self.channel_name:
             return [b"200 result=0\n"], False
-        return [b"200 result=1 (" + _encode(self._substitute(argv[3])) + b")\n"], False
+        return [b"200 result=1 (" + encode(self._substitute(argv[3])) + b")\n"], False
 
     async def _cmd_exec(self, argv: list[str]) -> _Result:
         if len(argv) < 2:
@@ -1161,7 +786,7 @@ class FakeAsterisk:
         elif app in ("verbose", "noop", "log"):
             res = 0
         elif app == "wait":
-            match = _FLOAT.match(options)
+            match = FLOAT_RE.match(options)
             waited = await self._wait(float(match.group(1)) if match else 0.0)
             res = -1 if waited.outcome == "hangup" else 0
         elif app == "answer":
@@ -1204,7 +829,7 @@ class FakeAsterisk:
         name, digits = argv[2], argv[3]
         offset = 0
         if len(argv) == 5:
-            scanned = _scan_int(argv[4])
+            scanned = scan_int(argv[4])
             if scanned is None:
                 return USAGE_ERROR, False
             offset = scanned
@@ -1224,7 +849,7 @@ class FakeAsterisk:
         if not 4 <= len(argv) <= 5:
             return USAGE_ERROR, False
         name, digits = argv[2], argv[3]
-        timeout = _atoi(argv[4]) if len(argv) == 5 else DIGIT_TIMEOUT_MS
+        timeout = atoi(argv[4]) if len(argv) == 5 else DIGIT_TIMEOUT_MS
         samples, lang = self._lookup(name)
         play = self._prompt(name, "GET OPTION", samples, lang)
         press = self._take_press("GET OPTION") if digits else None
@@ -1247,8 +872,8 @@ class FakeAsterisk:
     async def _cmd_get_data(self, argv: list[str]) -> _Result:
         if len(argv) < 3:
             return USAGE_ERROR, False
-        timeout = _atoi(argv[3]) if len(argv) >= 4 else 0
-        maxlen = _atoi(argv[4]) if len(argv) >= 5 else 1024
+        timeout = atoi(argv[3]) if len(argv) >= 4 else 0
+        maxlen = atoi(argv[4]) if len(argv) >= 5 else 1024
         press = self._take_press("GET DATA")
         fronts = argv[2].split("&")
         plan: list[tuple[str, int | None, str | None]] = [(f, *self._lookup(f)) for f in fronts]
@@ -1282,10 +907,10 @@ class FakeAsterisk:
         if res == 2:
             return None  # new command arrived: no result line
         if res == 1:
-            return [b"200 result=" + _encode(data) + b" (timeout)\n"], False
+            return [b"200 result=" + encode(data) + b" (timeout)\n"], False
         if res < 0:
             return [b"200 result=-1\n"], False
-        return [b"200 result=" + _encode(data) + b"\n"], False
+        return [b"200 result=" + encode(data) + b"\n"], False
 
     async def _readstring(
         self, play: PromptPlay | None, maxlen: int, to: int, fto: int
@@ -1318,7 +943,7 @@ class FakeAsterisk:
     async def _cmd_wait_for_digit(self, argv: list[str]) -> _Result:
         if len(argv) != 4:
             return USAGE_ERROR, False
-        to = _scan_int(argv[3])
+        to = scan_int(argv[3])
         if to is None:
             return USAGE_ERROR, False
         press = self._take_press("WAIT FOR DIGIT")
@@ -1342,10 +967,10 @@ class FakeAsterisk:
         return 0
 
     async def _cmd_say_digits(self, argv: list[str]) -> _Result:
-        if len(argv) != 4 or _scan_int(argv[2]) is None:
+        if len(argv) != 4 or scan_int(argv[2]) is None:
             return USAGE_ERROR, False
         files = [
-            f"digits/{ch}" if ch.isdigit() and ch.isascii() else _SAY_CHAR.get(ch, "")
+            f"digits/{ch}" if ch.isdigit() and ch.isascii() else SAY_CHAR.get(ch, "")
             for ch in argv[2]
         ]
         res = await self._say([f for f in files if f], argv[3], "SAY DIGITS")
@@ -1354,10 +979,10 @@ class FakeAsterisk:
     async def _cmd_say_number(self, argv: list[str]) -> _Result:
         if not 4 <= len(argv) <= 5:
             return USAGE_ERROR, False
-        num = _scan_int(argv[2])
+        num = scan_int(argv[2])
         if num is None:
             return USAGE_ERROR, False
-        res = await self._say(_number_files(num), argv[3], "SAY NUMBER")
+        res = await self._say(number_files(num), argv[3], "SAY NUMBER")
         return [b"200 result=%d\n" % res], res < 0
 
     async def _cmd_send_text(self, argv: list[str]) -> _Result:
@@ -1366,7 +991,7 @@ class FakeAsterisk:
         return [b"200 result=0\n"], False
 
     async def _cmd_set_autohangup(self, argv: list[str]) -> _Result:
-        if len(argv) != 3 or _FLOAT.match(argv[2]) is None:
+        if len(argv) != 3 or FLOAT_RE.match(argv[2]) is None:
             return USAGE_ERROR, False
         return [b"200 result=0\n"], False
 
@@ -1407,7 +1032,7 @@ class FakeAsterisk:
         value = self._db.get((argv[2], argv[3]))
         if value is None:
             return [b"200 result=0\n"], False
-        return [b"200 result=1 (" + _encode(value) + b")\n"], False
+        return [b"200 result=1 (" + encode(value) + b")\n"], False
 
     async def _cmd_database_put(self, argv: list[str]) -> _Result:
         if len(argv) != 5:
@@ -1440,7 +1065,7 @@ class FakeAsterisk:
         args = sorted(
             (k for k in self.env if re.fullmatch(r"arg_\d+", k)), key=lambda k: int(k[4:])
         )
-        lines = [_encode(f"agi_{k}: {self.env[k]}\n") for k in (*keys, *extra, *args)]
+        lines = [encode(f"agi_{k}: {self.env[k]}\n") for k in (*keys, *extra, *args)]
         return [*lines, b"\n"]
 
     async def _send(self, data: bytes) -> None:
@@ -1488,7 +1113,7 @@ class FakeAsterisk:
             self._activity.set()
             self._arrival.set()
 
-    def _take_line(self) -> bytes | _Marker | None:
+    def _take_line(self) -> bytes | Marker | None:
         """run_agi's fgets loop: a line, 2047 bytes max, NUL truncates and the next line is
         appended (strlen), a partial line before EOF still runs. None: EOF, no command."""
         try:
@@ -1523,7 +1148,7 @@ class FakeAsterisk:
             if not self._buf and not self._eof:
                 self._activity.clear()
 
-    async def _next_command(self) -> bytes | _Marker | None:
+    async def _next_command(self) -> bytes | Marker | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.idle_timeout
         while True:
@@ -1555,4 +1180,4 @@ class FakeAsterisk:
 
 _Result = tuple[Any, bool] | None
 #: handler result meaning "RESULT_SHOWUSAGE"
-USAGE_ERROR: Final = _Marker("USAGE_ERROR")
+USAGE_ERROR: Final = Marker("USAGE_ERROR")
