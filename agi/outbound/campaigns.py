@@ -11,6 +11,7 @@ the same row under lock when it claims a contact.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import asyncpg
@@ -42,12 +43,13 @@ def campaign_from_row(row: Mapping[str, Any]) -> Campaign:
     return Campaign(window=None if start is None else (start, end), **data)
 
 
+@dataclass(frozen=True, slots=True)
 class Campaigns:
     """The ``campaign`` rows and their counters, over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
-        self.pool = pool
-        self.timeout = timeout
+    pool: asyncpg.Pool
+    _: KW_ONLY
+    timeout: float = 3.0
 
     async def create_campaign(self, spec: CampaignSpec) -> Campaign:
         spec.validate()

@@ -11,7 +11,7 @@ row-locked for the length of a call; a worker that dies leaves a lease that runs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -49,6 +49,7 @@ class _Leased:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
 class Claims:
     """Dial attempts and the contacts' dialling state, over an asyncpg pool.
 
@@ -56,18 +57,11 @@ class Claims:
     both on the claim's own connection, inside its transaction.
     """
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        screening: Screening,
-        lists: ContactLists,
-        *,
-        timeout: float = 3.0,
-    ) -> None:
-        self.pool = pool
-        self.screening = screening
-        self.lists = lists
-        self.timeout = timeout
+    pool: asyncpg.Pool
+    screening: Screening
+    lists: ContactLists
+    _: KW_ONLY
+    timeout: float = 3.0
 
     # ----------------------------------------------------------------- claim
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -109,12 +110,13 @@ def _suppression_records(
         yield (number,)
 
 
+@dataclass(frozen=True, slots=True)
 class ContactLists:
     """A campaign's ``contact`` rows and the suppression snapshots, over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
-        self.pool = pool
-        self.timeout = timeout
+    pool: asyncpg.Pool
+    _: KW_ONLY
+    timeout: float = 3.0
 
     async def import_contacts(
         self, campaign: Campaign, text: str, *, source: str | None = None

@@ -8,6 +8,7 @@ verified by the database itself (``marketing_consent_ok``), independently of the
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 import asyncpg
@@ -18,12 +19,13 @@ from agi.outbound.model import Campaign, DialledAttempt
 __all__ = ["MarketingPlays"]
 
 
+@dataclass(frozen=True, slots=True)
 class MarketingPlays:
     """``marketing_play`` and ``marketing_refused`` rows and the call's ``dial_attempt`` result."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 3.0) -> None:
-        self.pool = pool
-        self.timeout = timeout
+    pool: asyncpg.Pool
+    _: KW_ONLY
+    timeout: float = 3.0
 
     async def attempt_for_call(self, attempt_id: int) -> DialledAttempt | None:
         """The dial attempt an outbound call names in its AGI URL (``attempt=N``)."""

@@ -23,6 +23,7 @@ at the time asked about.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -218,26 +219,20 @@ FROM f
 """
 
 
+@dataclass(frozen=True, slots=True)
 class Screening:
     """The gate's facts for one number or contact, and the dry run over a campaign's list.
 
     Reads only; the current suppression snapshots come from ``lists`` (the staleness rule).
     """
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        lists: ContactLists,
-        *,
-        timeout: float = 3.0,
-        screen_timeout: float = 900.0,
-    ) -> None:
-        self.pool = pool
-        self.lists = lists
-        self.timeout = timeout
-        # a dry run over a whole list is one long query (seconds for 495k numbers): the
-        # per-statement budget of the call path would kill it
-        self.screen_timeout = screen_timeout
+    pool: asyncpg.Pool
+    lists: ContactLists
+    _: KW_ONLY
+    timeout: float = 3.0
+    #: a dry run over a whole list is one long query (seconds for 495k numbers): the
+    #: per-statement budget of the call path would kill it
+    screen_timeout: float = 900.0
 
     async def facts_for_number(
         self,
@@ -248,14 +243,9 @@ class Screening:
         conn: Any = None,
     ) -> ContactFacts:
         """The gate's facts for one number (in a call: no contact row needed)."""
-        runner = conn or self.pool
-        row = await runner.fetchrow(
-            _FACTS_SQL.format(targets=_NUMBER_TARGETS),
-            campaign.organisation, campaign.purpose, at, list(journal_opt_outs), number_e164,
-            timeout=self.timeout,
+        return await self._facts_of(
+            conn or self.pool, _NUMBER_TARGETS, campaign, number_e164, at, journal_opt_outs
         )
-        assert row is not None
-        return _facts(row)
 
     async def facts_for_contact(
         self,
@@ -266,9 +256,23 @@ class Screening:
         journal_opt_outs: Sequence[str] = (),
     ) -> ContactFacts:
         """The gate's facts for one contact row, on ``conn`` (the claim's transaction)."""
-        row = await conn.fetchrow(
-            _FACTS_SQL.format(targets=_ONE_CONTACT_TARGETS),
-            campaign.organisation, campaign.purpose, at, list(journal_opt_outs), contact_id,
+        return await self._facts_of(
+            conn, _ONE_CONTACT_TARGETS, campaign, contact_id, at, journal_opt_outs
+        )
+
+    async def _facts_of(
+        self,
+        runner: Any,
+        targets: str,
+        campaign: Campaign,
+        target: int | str,
+        at: datetime,
+        journal_opt_outs: Sequence[str],
+    ) -> ContactFacts:
+        """:data:`_FACTS_SQL` over one target (``$5``: a contact id or a number)."""
+        row = await runner.fetchrow(
+            _FACTS_SQL.format(targets=targets),
+            campaign.organisation, campaign.purpose, at, list(journal_opt_outs), target,
             timeout=self.timeout,
         )
         assert row is not None
