@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from agi.ledger.migrations import apply_migrations
-from agi.outbound.campaigns import CampaignStore
 from agi.outbound.model import CampaignSpec
 from agi.outbound.policy import time_zones_for
+from agi.outbound.stores import OutboundStores
 
 ORG = "Example Energy Ltd"
 PURPOSE = "marketing-calls"
@@ -51,14 +51,14 @@ async def generate(url: str, args: argparse.Namespace) -> None:
     await apply_migrations(conn)
     store_pool = await asyncpg.create_pool(url, min_size=1, max_size=4, command_timeout=None)
     assert store_pool is not None
-    store = CampaignStore(store_pool, timeout=600)
+    stores = OutboundStores.over(store_pool, timeout=600)
     timings: dict[str, float] = {}
 
     t = time.monotonic()
     name = f"bench-{args.seed}"
-    campaign = await store.get_campaign(name)
+    campaign = await stores.campaigns.get_campaign(name)
     if campaign is None:
-        campaign = await store.create_campaign(CampaignSpec(
+        campaign = await stores.campaigns.create_campaign(CampaignSpec(
             name=name, organisation=ORG, purpose=PURPOSE, caller_id="+442079460000",
             dial_template="PJSIP/{number}@trunk", max_attempts=3,
             window=(datetime.strptime("09:00", "%H:%M").time(),
@@ -116,10 +116,10 @@ async def generate(url: str, args: argparse.Namespace) -> None:
     timings["tps_file_write"] = time.monotonic() - t
     t = time.monotonic()
     with tps_path.open() as fh:
-        report = await store.import_suppression("tps", date.today(), fh, region="GB")
+        report = await stores.lists.import_suppression("tps", date.today(), fh, region="GB")
     timings["suppression_import"] = time.monotonic() - t
     with tps_path.open() as fh:
-        await store.import_suppression("ctps", date.today(), (next(fh),), region="GB")
+        await stores.lists.import_suppression("ctps", date.today(), (next(fh),), region="GB")
     shutil.rmtree(tps_path.parent)
     print(f"loaded: {args.contacts} contacts, {args.events} events, "
           f"{report.numbers} TPS numbers ({len(report.rejected)} rejected)")
@@ -127,13 +127,13 @@ async def generate(url: str, args: argparse.Namespace) -> None:
     at = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     for run in range(args.runs):
         t = time.monotonic()
-        counts = await store.screen_counts(campaign, at)
+        counts = await stores.screening.screen_counts(campaign, at)
         timings[f"screen_counts_run{run + 1}"] = time.monotonic() - t
     print("screen counts:", dict(sorted(counts.items(), key=lambda kv: -kv[1])))
     t = time.monotonic()
     rows = 0
     with open(os.devnull, "w") as sink:
-        async for row in store.screen_rows(campaign, at):
+        async for row in stores.screening.screen_rows(campaign, at):
             sink.write(f"{row.number_e164},{row.reason},{row.consent_event_id or ''}\n")
             rows += 1
     timings["screen_rows_csv"] = time.monotonic() - t

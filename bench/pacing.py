@@ -31,20 +31,20 @@ PURPOSE = "marketing-calls"
 async def _setup(url: str, name: str, cps: float, n: int, consented: bool,
                  tag: int) -> Any:
     from agi.ledger.database import connect_pool
-    from agi.outbound.campaigns import CampaignStore
     from agi.outbound.model import CampaignSpec
+    from agi.outbound.stores import OutboundStores
 
     pool = await connect_pool(url, min_size=1, max_size=10, timeout=30)
-    store = CampaignStore(pool, timeout=30)
-    campaign = await store.create_campaign(CampaignSpec(
+    stores = OutboundStores.over(pool, timeout=30)
+    campaign = await stores.campaigns.create_campaign(CampaignSpec(
         name=name, organisation=ORG, purpose=PURPOSE, caller_id="+442079460000",
         dial_template="PJSIP/{number}@trunk", profile="uk-pecr", pacing_cps=cps,
         max_concurrent=10_000, max_attempts=1, retry_spacing=timedelta(0), ring_seconds=25))
     day = datetime.now(UTC).date()
     for lst in ("tps", "ctps"):
-        await store.import_suppression(lst, day, ["+441632960999"])
+        await stores.lists.import_suppression(lst, day, ["+441632960999"])
     numbers = [f"+4474{tag:02d}{i:06d}" for i in range(n)]
-    await store.import_contacts(campaign, "\n".join(numbers) + "\n")
+    await stores.lists.import_contacts(campaign, "\n".join(numbers) + "\n")
     if consented:
         earlier = datetime.now(UTC) - timedelta(days=1)
         # bulk, like gen_screen_data: benchmark data, not evidence (chain trigger bypassed)
@@ -60,15 +60,16 @@ async def _setup(url: str, name: str, cps: float, n: int, consented: bool,
                          "evidence_strength", "instance", "source", "idempotency_key",
                          "prev_hash", "hash"])
             await conn.execute("SET session_replication_role = DEFAULT")
-    return pool, store, campaign
+    return pool, stores, campaign
 
 
 async def _dial(url: str, workdir: Any, cps: float, n: int, consented: bool,
                 tag: int) -> dict[str, Any]:
-    from agi.outbound.dialer import AmiClient, Dialer, DialerConfig
+    from agi.outbound.ami import AmiClient
+    from agi.outbound.dialer import Dialer, DialerConfig
     from agi.testing.fake_ami import FakeAMI
 
-    pool, store, campaign = await _setup(url, f"pacing-{tag}", cps, n, consented, tag)
+    pool, stores, campaign = await _setup(url, f"pacing-{tag}", cps, n, consented, tag)
     fake = await FakeAMI().start()
     stamps: list[float] = []
     seen = 0
@@ -86,9 +87,9 @@ async def _dial(url: str, workdir: Any, cps: float, n: int, consented: bool,
     watcher = asyncio.create_task(watch())
     client = AmiClient("127.0.0.1", fake.port, fake.username, fake.secret, reconnect_timeout=1)
     await client.connect(within=10)
-    dialer = Dialer(store, client, DialerConfig(worker=f"bench-{tag}",
-                                                journal_dir=workdir / "dial-journal",
-                                                poll_s=0.05))
+    dialer = Dialer(stores.campaigns, stores.claims, client,
+                    DialerConfig(worker=f"bench-{tag}", journal_dir=workdir / "dial-journal",
+                                 poll_s=0.05))
     t0 = time.perf_counter()
     why = await dialer.run_campaign(campaign.id)
     elapsed = time.perf_counter() - t0

@@ -89,14 +89,14 @@ async def _prepare(ctx: dict[str, Any], sizes: dict[str, int]) -> tuple[str, flo
 async def _naive(url: str, sample: int, at: datetime) -> dict[str, Any]:
     """One gate query per number, as a dialer checking each contact would do it."""
     from agi.ledger.database import connect_pool
-    from agi.outbound.campaigns import CampaignStore
     from agi.outbound.gate import decide_dial
+    from agi.outbound.stores import OutboundStores
 
     pool = await connect_pool(url, min_size=1, max_size=2, timeout=60)
     try:
-        store = CampaignStore(pool, timeout=60)
-        campaign = await store.require_campaign(f"bench-{SEED}")
-        snaps = await store.snapshots()
+        stores = OutboundStores.over(pool, timeout=60)
+        campaign = await stores.campaigns.require_campaign(f"bench-{SEED}")
+        snaps = await stores.lists.snapshots()
         ids = [r["id"] for r in await pool.fetch(
             "SELECT id FROM contact WHERE campaign_id = $1 ORDER BY id LIMIT $2",
             campaign.id, sample)]
@@ -106,7 +106,7 @@ async def _naive(url: str, sample: int, at: datetime) -> dict[str, Any]:
         async with pool.acquire() as conn:
             t = time.perf_counter()
             for cid in ids:
-                facts = await store.facts_for_contact(conn, campaign, cid, at)
+                facts = await stores.screening.facts_for_contact(conn, campaign, cid, at)
                 if decide_dial(campaign, facts, snapshots=snaps, now=at).allowed:
                     allowed += 1
             seconds = time.perf_counter() - t

@@ -9,7 +9,8 @@ from typing import Any
 
 from agi.ledger.ledger import Ledger
 from agi.ledger.records import ConsentDecision
-from agi.outbound.campaigns import CampaignStore
+from agi.outbound.campaigns import Campaigns
+from agi.outbound.lists import ContactLists
 from agi.outbound.model import Campaign, CampaignSpec
 
 ORG = "Example Energy Ltd"
@@ -33,15 +34,17 @@ BASE_SPEC = CampaignSpec(
 )
 
 
-async def make_campaign(store: CampaignStore, **changes: Any) -> Campaign:
-    return await store.create_campaign(replace(BASE_SPEC, **changes))
+async def make_campaign(campaigns: Campaigns, **changes: Any) -> Campaign:
+    return await campaigns.create_campaign(replace(BASE_SPEC, **changes))
 
 
-async def fresh_lists(store: CampaignStore, *lists: str, as_of: date | None = None) -> None:
+async def fresh_lists(
+    contact_lists: ContactLists, *lists: str, as_of: date | None = None
+) -> None:
     """Load (empty-ish) current snapshots so the staleness rule passes."""
     day = as_of or datetime.now(UTC).date()
     for name in lists or ("tps", "ctps"):
-        await store.import_suppression(name, day, ["+441632960999"])
+        await contact_lists.import_suppression(name, day, ["+441632960999"])
 
 
 async def consent(

@@ -52,7 +52,7 @@ from agi.server.call import Call
 from agi.wire import variables as cv
 from agi.wire.protocol import AGIAppError, AGIHangup
 
-__all__ = ["PROMPTS", "MarketingFlow", "MarketingStore"]
+__all__ = ["PROMPTS", "CampaignLookup", "MarketingFlow", "MarketingPlayStore", "NumberFacts"]
 
 log = structlog.get_logger("agi.calls.marketing")
 
@@ -76,12 +76,14 @@ UNVERIFIED_CONSENT: Final = "unverified_consent"
 RECONFIRM_KEY: Final = "1"
 
 
-class MarketingStore(Protocol):
-    """What the flow needs from storage (``agi.outbound.campaigns.CampaignStore`` provides it)."""
+class CampaignLookup(Protocol):
+    """The campaign a call names (``agi.outbound.campaigns.Campaigns`` provides it)."""
 
     async def get_campaign(self, key: str | int) -> Campaign | None: ...
 
-    async def attempt_for_call(self, attempt_id: int) -> DialledAttempt | None: ...
+
+class NumberFacts(Protocol):
+    """The gate's facts for the number called (``agi.outbound.screening.Screening``)."""
 
     async def facts_for_number(
         self,
@@ -91,6 +93,12 @@ class MarketingStore(Protocol):
         journal_opt_outs: Sequence[str] = (),
         conn: Any = None,
     ) -> ContactFacts: ...
+
+
+class MarketingPlayStore(Protocol):
+    """What the flow records (``agi.outbound.plays.MarketingPlays`` provides it)."""
+
+    async def attempt_for_call(self, attempt_id: int) -> DialledAttempt | None: ...
 
     async def start_play(
         self,
@@ -164,7 +172,9 @@ class MarketingFlow:
     def __init__(
         self,
         settings: Settings,
-        campaigns: MarketingStore,
+        campaigns: CampaignLookup,
+        screening: NumberFacts,
+        plays: MarketingPlayStore,
         store: DecisionStore,
         prompts: PromptCatalogue,
         *,
@@ -173,6 +183,8 @@ class MarketingFlow:
     ) -> None:
         self.settings = settings
         self.campaigns = campaigns
+        self.screening = screening
+        self.plays = plays
         self.store = store
         self.prompts = prompts
         self.journal_opt_outs = journal_opt_outs
@@ -305,7 +317,7 @@ class MarketingFlow:
         assert ctx.number is not None and ctx.call_started_at is not None
         journal = await self.journal_opt_outs(campaign.organisation)
         now = datetime.now(UTC)
-        facts = await self.campaigns.facts_for_number(campaign, ctx.number, now, sorted(journal))
+        facts = await self.screening.facts_for_number(campaign, ctx.number, now, sorted(journal))
         decision = decide_playback(
             campaign, facts, call_started_at=ctx.call_started_at, journal_numbers=journal
         )
@@ -320,7 +332,7 @@ class MarketingFlow:
         if raw_attempt:
             if not raw_attempt.isdigit():
                 raise _Refused(_refusal(UNKNOWN_NUMBER, f"attempt {raw_attempt!r}"))
-            dialled = await self.campaigns.attempt_for_call(int(raw_attempt))
+            dialled = await self.plays.attempt_for_call(int(raw_attempt))
             if dialled is None or dialled.campaign_id != campaign.id or not dialled.allowed:
                 raise _Refused(_refusal(UNKNOWN_NUMBER, f"no dialled attempt {raw_attempt}"))
             ctx.attempt_id = dialled.id
@@ -347,7 +359,7 @@ class MarketingFlow:
         env = call.env
         try:
             async with asyncio.timeout(self.settings.db_timeout * 2):
-                play_id, verified = await self.campaigns.start_play(
+                play_id, verified = await self.plays.start_play(
                     campaign=campaign,
                     attempt_id=ctx.attempt_id,
                     number_e164=ctx.number,
@@ -389,7 +401,7 @@ class MarketingFlow:
         key = idempotency_key(call.call_id, "marketing", "refused")
         campaign_id = ctx.campaign.id if ctx.campaign else None
         try:
-            await self.campaigns.record_refused(
+            await self.plays.record_refused(
                 campaign_id=campaign_id,
                 attempt_id=ctx.attempt_id,
                 number_e164=ctx.number,
@@ -506,7 +518,7 @@ class MarketingFlow:
         """Best-effort bookkeeping after the outcome is settled (never raises)."""
         if ctx.play_id is not None:
             try:
-                await self.campaigns.finish_play(ctx.play_id, status, _prompts_json(dialogue))
+                await self.plays.finish_play(ctx.play_id, status, _prompts_json(dialogue))
             except Exception as exc:  # noqa: BLE001
                 log.warning("marketing_play_not_updated", error=error_summary(exc))
         await self._attempt_result(ctx, result)
@@ -515,7 +527,7 @@ class MarketingFlow:
         if ctx.attempt_id is None:
             return
         try:
-            await self.campaigns.set_attempt_result(ctx.attempt_id, result)
+            await self.plays.set_attempt_result(ctx.attempt_id, result)
         except Exception as exc:  # noqa: BLE001
             log.warning("dial_attempt_result_not_stored", error=error_summary(exc))
 

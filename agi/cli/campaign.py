@@ -17,9 +17,9 @@ from agi.cli.table import Command
 from agi.ledger.database import CommandError, open_pool
 from agi.ops.config import Settings
 from agi.outbound import policy
-from agi.outbound.campaigns import CampaignStore
 from agi.outbound.gate import JournalUnreadable, journal_opt_outs
 from agi.outbound.model import LISTS, Campaign, CampaignError, CampaignSpec, RejectedRow
+from agi.outbound.stores import OutboundStores
 
 __all__: list[str] = []
 
@@ -34,8 +34,8 @@ def _window(text: str | None) -> tuple[time, time] | None:
         raise CommandError(f"--window {text!r}: use HH:MM-HH:MM, e.g. 09:00-20:00") from None
 
 
-def _store(pool: Any, settings: Settings) -> CampaignStore:
-    return CampaignStore(pool, timeout=max(settings.db_timeout, 10.0))
+def _stores(pool: Any, settings: Settings) -> OutboundStores:
+    return OutboundStores.over(pool, timeout=max(settings.db_timeout, 10.0))
 
 
 def _print_campaign(c: Campaign, stats: dict[str, Any] | None = None) -> None:
@@ -87,7 +87,7 @@ def _campaign_args(p: argparse.ArgumentParser) -> None:
 async def _campaign(settings: Settings, args: argparse.Namespace) -> int:
     # only create may set up a database; list/show read, pause/resume need a campaign
     async with open_pool(settings, migrate=args.action == "create") as pool:
-        store = _store(pool, settings)
+        campaigns = _stores(pool, settings).campaigns
         try:
             if args.action == "create":
                 spec = CampaignSpec(
@@ -108,21 +108,21 @@ async def _campaign(settings: Settings, args: argparse.Namespace) -> int:
                     opt_out_key=args.opt_out_key,
                     reconfirm=args.reconfirm,
                 )
-                _print_campaign(await store.create_campaign(spec))
+                _print_campaign(await campaigns.create_campaign(spec))
             elif args.action == "list":
-                for c in await store.list_campaigns():
+                for c in await campaigns.list_campaigns():
                     print(f"{c.id:>4}  {c.name:<24} {c.status:<7} {c.profile:<12} "
                           f"{c.organisation} / {c.purpose}")
             elif args.action == "show":
-                c = await store.require_campaign(args.name)
-                stats = await store.campaign_stats(c.id)
+                c = await campaigns.require_campaign(args.name)
+                stats = await campaigns.campaign_stats(c.id)
                 if args.json:
                     print(json.dumps({**c.to_json(), **stats}, indent=2, default=str))
                 else:
                     _print_campaign(c, stats)
             else:
-                c = await store.require_campaign(args.name)
-                await store.set_status(c.id, "paused" if args.action == "pause" else "active")
+                c = await campaigns.require_campaign(args.name)
+                await campaigns.set_status(c.id, "paused" if args.action == "pause" else "active")
                 print(f"campaign {c.name} {'paused' if args.action == 'pause' else 'active'}")
         except CampaignError as exc:
             raise CommandError(str(exc)) from exc
@@ -150,10 +150,10 @@ async def _contacts(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}: {exc.strerror}") from exc
     async with open_pool(settings, migrate=True) as pool:
-        store = _store(pool, settings)
+        stores = _stores(pool, settings)
         try:
-            campaign = await store.require_campaign(args.campaign)
-            report = await store.import_contacts(campaign, text, source=args.file.name)
+            campaign = await stores.campaigns.require_campaign(args.campaign)
+            report = await stores.lists.import_contacts(campaign, text, source=args.file.name)
         except CampaignError as exc:
             raise CommandError(str(exc)) from exc
     _report_rejected(report.rejected, "rejected")
@@ -184,9 +184,9 @@ async def _suppression(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read {args.file}")
     started = clock.monotonic()
     async with open_pool(settings) as pool:  # read-only: never creates a database
-        store = _store(pool, settings)
+        stores = _stores(pool, settings)
         try:
-            report = await store.import_suppression(
+            report = await stores.lists.import_suppression(
                 args.list_name, args.as_of, _lines(args.file),
                 region=args.region or settings.default_region, source=args.file.name,
             )
@@ -224,9 +224,9 @@ async def _screen(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError("--at needs a UTC offset (e.g. Z or +01:00)")
     started = clock.monotonic()
     async with open_pool(settings) as pool:  # read-only: never creates a database
-        store = _store(pool, settings)
+        stores = _stores(pool, settings)
         try:
-            campaign = await store.require_campaign(args.campaign)
+            campaign = await stores.campaigns.require_campaign(args.campaign)
             journal = await asyncio.to_thread(journal_opt_outs, settings.journal_dir,
                                               campaign.organisation)
         except CampaignError as exc:
@@ -241,7 +241,7 @@ async def _screen(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 sys.stdout.write("[")
             first = True
-            async for row in store.screen_rows(campaign, at, sorted(journal)):
+            async for row in stores.screening.screen_rows(campaign, at, sorted(journal)):
                 counts[row.reason] = counts.get(row.reason, 0) + 1
                 outcome = "allowed" if row.reason == policy.ALLOWED else "refused"
                 if writer:
@@ -255,7 +255,7 @@ async def _screen(settings: Settings, args: argparse.Namespace) -> int:
             if not writer:
                 sys.stdout.write("\n]\n")
         else:
-            counts = await store.screen_counts(campaign, at, sorted(journal))
+            counts = await stores.screening.screen_counts(campaign, at, sorted(journal))
     elapsed = clock.monotonic() - started
     total = sum(counts.values())
     out = sys.stderr if (args.json or args.csv) else sys.stdout
@@ -292,7 +292,8 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
     from agi.ledger.migrations import pending_migrations
     from agi.ops.config import ConfigError
     from agi.ops.metrics import Metrics, Readiness, start_exporter
-    from agi.outbound.dialer import AmiClient, AmiError, Dialer, DialerConfig
+    from agi.outbound.ami import AmiClient, AmiError
+    from agi.outbound.dialer import Dialer, DialerConfig
 
     if not settings.ami_secret:
         raise CommandError("CONSENT_IVR_AMI_SECRET is not set (AMI login for the dialer)")
@@ -300,11 +301,11 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
     metrics = Metrics(refusal_reasons=policy.REASONS)
     async with Service("dialer" if campaign is None else "dial") as service:
         pool = await service.enter("database", open_pool(settings, migrate=True))
-        store = _store(pool, settings)
+        stores = _stores(pool, settings)
         target = None
         if campaign is not None:
             try:
-                target = await store.require_campaign(campaign)
+                target = await stores.campaigns.require_campaign(campaign)
             except CampaignError as exc:
                 raise CommandError(str(exc)) from exc
         if target is None:
@@ -330,7 +331,7 @@ async def _run_dialer(settings: Settings, args: argparse.Namespace, campaign: st
         config = DialerConfig(worker=worker, journal_dir=settings.journal_dir,
                               exit_on_block=target is not None,
                               exit_when_done=target is not None)
-        dialer = Dialer(store, ami, config, metrics=metrics)
+        dialer = Dialer(stores.campaigns, stores.claims, ami, config, metrics=metrics)
         # the first signal stops originating at once; calls already up end on their own
         if target is not None:
             why = await dialer.run_campaign(target.id, service.stop)

@@ -7,21 +7,24 @@ import asyncio
 from agi.calls.marketing import MarketingFlow
 from agi.cli.table import RouteDeps
 from agi.ops.config import Settings
-from agi.outbound.campaigns import CampaignStore
 from agi.outbound.gate import journal_opt_outs
+from agi.outbound.stores import OutboundStores
 
 __all__ = ["marketing_route"]
 
 
 def marketing_route(settings: Settings, deps: RouteDeps) -> MarketingFlow:
-    """Wire the flow to the campaign store and this process's durable journal."""
+    """Wire the flow to the outbound stores it reads and writes, and this process's journal."""
 
     async def opt_outs(organisation: str) -> frozenset[str]:
         return await asyncio.to_thread(journal_opt_outs, settings.journal_dir, organisation)
 
+    stores = OutboundStores.over(deps.pool, timeout=settings.db_timeout)
     return MarketingFlow(
         settings,
-        CampaignStore(deps.pool, timeout=settings.db_timeout),
+        stores.campaigns,
+        stores.screening,
+        stores.plays,
         deps.store,
         deps.prompts,
         journal_opt_outs=opt_outs,

@@ -1,3 +1,4 @@
-"""Outbound calls: the campaign model, the calling policy, the gate, the campaign stores, the AMI
-dialer. Imports :mod:`agi.ledger`, :mod:`agi.wire` (variable names) and :mod:`agi.ops`.
+"""Outbound calls: the campaign model, the calling policy, the gate, the stores by aggregate
+(campaigns, lists, screening, claims, plays), the AMI client and the dialer. Imports
+:mod:`agi.ledger`, :mod:`agi.wire` (variable names) and :mod:`agi.ops`.
 """

@@ -1,9 +1,9 @@
-"""The consent-gated outbound dialer: AMI via panoramisk, jobs from PostgreSQL.
+"""The consent-gated outbound dialer: AMI (:mod:`agi.outbound.ami`), jobs from PostgreSQL.
 
-This is the only module that imports panoramisk.  The loop, per campaign:
+The loop, per campaign:
 
 1. claim one due contact and let the gate decide, in one short transaction
-   (:meth:`agi.outbound.campaigns.CampaignStore.claim_next`: pacing, max concurrent, snapshot
+   (:meth:`agi.outbound.claims.Claims.claim_next`: pacing, max concurrent, snapshot
    freshness, consent, lists, hours, attempts, caller ID; a ``dial_attempt`` row either way);
 2. if allowed, send one ``Originate`` (``Async: true``, ``ActionID`` and ``ChannelId`` both
    ``consent-<attempt id>``, ``Context: consent-outbound``, ``Exten: s``, ``Priority: 1``,
@@ -32,158 +32,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from panoramisk import Manager
 
 from agi.ledger.ledger import DB_UNAVAILABLE
 from agi.ops.logs import error_summary
 from agi.ops.metrics import Metrics
-from agi.outbound.campaigns import CampaignStore
+from agi.outbound.ami import AmiClient, AmiError
+from agi.outbound.campaigns import Campaigns
+from agi.outbound.claims import Claims
 from agi.outbound.gate import JournalUnreadable, journal_opt_outs
 from agi.outbound.model import DialJob
 from agi.wire import variables as cv
 
-__all__ = ["AmiClient", "AmiError", "Dialer", "DialerConfig"]
+__all__ = ["Dialer", "DialerConfig"]
 
 log = structlog.get_logger("agi.outbound.dialer")
 
 OUTBOUND_CONTEXT: Final = "consent-outbound"
-#: Actions panoramisk must never re-send on its own after a reconnect.
-_FORGETTABLE: Final = ("ping", "login", "logoff", "originate", "coreshowchannels")
-
-
-class AmiError(Exception):
-    """AMI unreachable, login refused, or an action failed."""
-
-
-class AmiClient:
-    """A logged-in AMI session (panoramisk ``Manager``) that survives reconnects."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        username: str,
-        secret: str,
-        *,
-        reconnect_timeout: int = 1,
-        ping_delay: int = 10,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self._username = username
-        self._secret = secret
-        self._reconnect_timeout = reconnect_timeout
-        self._ping_delay = ping_delay
-        self.manager: Any = None
-        self._ready = asyncio.Event()
-        self._closing = False
-        self.logins = 0
-        #: set by the dialer
-        self.on_login: Callable[[bool], None] = lambda reconnect: None
-        self.on_disconnect: Callable[[], None] = lambda: None
-        self.on_event: Callable[[str, dict[str, str]], None] = lambda name, ev: None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._protocol_open()
-
-    def _protocol_open(self) -> bool:
-        protocol = getattr(self.manager, "protocol", None)
-        return protocol is not None and not getattr(protocol, "closed", True)
-
-    async def wait_ready(self, within: float | None = None) -> bool:
-        """Wait until logged in on an open connection; False after ``within`` seconds."""
-        try:
-            async with asyncio.timeout(within):
-                while not self.ready:
-                    if self._ready.is_set():  # closed, the disconnect callback is pending
-                        await asyncio.sleep(0.05)
-                    else:
-                        await self._ready.wait()
-            return True
-        except TimeoutError:
-            return False
-
-    async def connect(self, within: float = 10.0) -> None:
-        """Connect and log in; raise :class:`AmiError` if that does not happen in time."""
-        loop = asyncio.get_running_loop()
-        self.manager = Manager(
-            loop=loop,
-            host=self.host,
-            port=self.port,
-            username=self._username,
-            secret=self._secret,
-            events="on",
-            reconnect_timeout=self._reconnect_timeout,
-            ping_delay=self._ping_delay,
-            ping_interval=self._ping_delay,
-            forgetable_actions=_FORGETTABLE,
-            on_login=self._logged_in,
-            on_disconnect=self._disconnected,
-        )
-        for name in ("Hangup", "OriginateResponse"):
-            self.manager.register_event(name, self._event)
-        self.manager.connect()
-        if not await self.wait_ready(within):
-            await self.close()
-            raise AmiError(f"could not log in to AMI at {self.host}:{self.port} as "
-                           f"{self._username!r} within {within:.0f}s")
-
-    def _logged_in(self, manager: Any) -> None:
-        if self._closing:
-            manager.close()
-            return
-        self.logins += 1
-        self._ready.set()
-        log.info("ami_logged_in", host=self.host, port=self.port, session=self.logins)
-        self.on_login(self.logins > 1)
-
-    def _disconnected(self, manager: Any, exc: Any) -> None:
-        self._ready.clear()
-        if not self._closing:
-            log.warning("ami_disconnected", host=self.host, port=self.port)
-            self.on_disconnect()
-
-    def _event(self, manager: Any, message: Any) -> None:
-        data = {str(k): str(v) for k, v in message.items()}
-        name = data.get("Event", "")
-        # Let a pending action's future (OriginateResponse in the same read) settle first.
-        asyncio.get_running_loop().call_soon(self.on_event, name, data)
-
-    def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
-        """Send one Originate now (the caller checked :attr:`ready`); its panoramisk future."""
-        if not self.ready:
-            raise AmiError("AMI session not ready")
-        future: asyncio.Future[Any] = self.manager.send_action(dict(fields))
-        return future
-
-    async def live_channels(self, within: float = 10.0) -> dict[str, str]:
-        """Every channel Asterisk has now (``CoreShowChannels``): Uniqueid → state (Up…)."""
-        if not self.ready:
-            raise AmiError("AMI session not ready")
-        async with asyncio.timeout(within):
-            result = await self.manager.send_action({"Action": "CoreShowChannels"})
-        messages = result if isinstance(result, list) else [result]
-        if messages and messages[0].get("Response") == "Error":
-            raise AmiError(f"CoreShowChannels failed: {messages[0].get('Message')}")
-        return {
-            str(m.get("Uniqueid")): str(m.get("ChannelStateDesc", ""))
-            for m in messages
-            if m.get("Event") == "CoreShowChannel" and m.get("Uniqueid")
-        }
-
-    async def close(self) -> None:
-        self._closing = True
-        self._ready.clear()
-        if self.manager is not None:
-            self.manager.close()
 
 
 @dataclass(slots=True)
@@ -231,11 +101,15 @@ def _int(value: str | None) -> int | None:
 
 
 class Dialer:
-    """Claims, gates and originates; follows every call to its end."""
+    """Claims, gates and originates; follows every call to its end.
 
-    def __init__(self, store: CampaignStore, ami: AmiClient, config: DialerConfig,
-                 *, metrics: Metrics | None = None) -> None:
-        self.store = store
+    ``campaigns`` says which campaigns to dial; ``claims`` holds the dial jobs.
+    """
+
+    def __init__(self, campaigns: Campaigns, claims: Claims, ami: AmiClient,
+                 config: DialerConfig, *, metrics: Metrics | None = None) -> None:
+        self.campaigns = campaigns
+        self.claims = claims
         self.ami = ami
         self.config = config
         self.calls: dict[str, _Call] = {}
@@ -303,7 +177,7 @@ class Dialer:
 
     async def _mark_answered(self, call: _Call) -> None:
         try:
-            await self.store.mark_answered(call.job.attempt_id, call.uniqueid)
+            await self.claims.mark_answered(call.job.attempt_id, call.uniqueid)
         except Exception as exc:  # noqa: BLE001 -- the hang-up will still close it
             log.warning("dial_answer_not_stored", error=error_summary(exc))
 
@@ -412,7 +286,7 @@ class Dialer:
         for delay in (0.0, 0.5, 2.0, 5.0):
             await asyncio.sleep(delay)
             try:
-                state = await self.store.finish_attempt(
+                state = await self.claims.finish_attempt(
                     call.job.attempt_id,
                     call.state,
                     originate_reason=call.originate_reason,
@@ -433,7 +307,7 @@ class Dialer:
                 await asyncio.wait_for(stop.wait(), interval)
             ids = [c.job.contact_id for c in self.calls.values()]
             try:
-                await self.store.renew_leases(ids, self.config.worker, self.config.lease)
+                await self.claims.renew_leases(ids, self.config.worker, self.config.lease)
             except DB_UNAVAILABLE as exc:
                 log.warning("dial_lease_not_renewed", error=error_summary(exc))
 
@@ -452,7 +326,7 @@ class Dialer:
     async def run_campaign(self, campaign_id: int, stop: asyncio.Event | None = None) -> str:
         """Dial one campaign until it is done (or blocked, halted, stopped). Returns why."""
         stop = stop or asyncio.Event()
-        campaign = await self.store.require_campaign(campaign_id)
+        campaign = await self.campaigns.require_campaign(campaign_id)
         beat_stop = asyncio.Event()
         beat = asyncio.get_running_loop().create_task(self._heartbeat(beat_stop))
         why = "stopped"
@@ -474,10 +348,10 @@ class Dialer:
                 await self.ami.wait_ready(cfg.poll_s)
                 continue
             try:
-                await self.store.reap_expired(campaign_id)
+                await self.claims.reap_expired(campaign_id)
                 journal = await asyncio.to_thread(journal_opt_outs, cfg.journal_dir,
                                                   organisation)
-                claim = await self.store.claim_next(
+                claim = await self.claims.claim_next(
                     campaign_id, cfg.worker, cfg.lease, sorted(journal)
                 )
             except JournalUnreadable as exc:
@@ -528,7 +402,7 @@ class Dialer:
         running: dict[int, asyncio.Task[str]] = {}
         while not stop.is_set():
             try:
-                campaigns = await self.store.active_campaigns()
+                campaigns = await self.campaigns.active_campaigns()
             except DB_UNAVAILABLE as exc:
                 log.warning("dialer_database_unavailable", error=error_summary(exc))
                 campaigns = []

@@ -1,10 +1,9 @@
 """The marketing gate at the moments it matters: before every Originate and before any audio.
 
-:mod:`agi.outbound.policy` decides (pure); :mod:`agi.outbound.campaigns` fetches the facts
-(SQL). This module joins them with what only a running process knows: opt-outs still sitting in the
-durable
-journal because the database was down when the caller pressed the key.  Those block at once,
-and a journal that cannot be read blocks everything (fail closed).
+:mod:`agi.outbound.policy` decides (pure); :mod:`agi.outbound.screening` fetches the facts
+(SQL). This module joins them with what only a running process knows: opt-outs still sitting in
+the durable journal because the database was down when the caller pressed the key.  Those block
+at once, and a journal that cannot be read blocks everything (fail closed).
 
 Counters live in :mod:`agi.ops.metrics` (``dial_decision``, ``marketing_refused``,
 ``marketing_played(with_valid_opt_in=...)``); the callers move them.

@@ -1,15 +1,15 @@
-"""The campaign model: the records the campaign store, the gate, the dialer and the
+"""The campaign model: the records the outbound stores, the gate, the dialer and the
 marketing route share (campaigns, contact facts, dial jobs and claims, import reports).
 
-Pure data, no SQL: :mod:`agi.outbound.campaigns` stores and reads them,
-:mod:`agi.outbound.gate` decides on them; with the records here neither of those imports the
-other's types in a cycle.
+Pure data, no SQL: the stores (:mod:`agi.outbound.campaigns`, :mod:`~agi.outbound.lists`,
+:mod:`~agi.outbound.screening`, :mod:`~agi.outbound.claims`, :mod:`~agi.outbound.plays`) write
+and read them, :mod:`agi.outbound.gate` decides on them; with the records here neither of
+those imports the other's types in a cycle.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
@@ -169,12 +169,6 @@ class Campaign:
             "halted_at": self.halted_at.isoformat() if self.halted_at else None,
             "halt_reason": self.halt_reason,
         }
-
-
-def _campaign(row: Mapping[str, Any]) -> Campaign:
-    data = dict(row)
-    start, end = data.pop("window_start"), data.pop("window_end")
-    return Campaign(window=None if start is None else (start, end), **data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -447,29 +447,44 @@ def evaluate_consent(
             f"{ref}: consent names {latest.organisation!r}, caller is {organisation!r}",
         )
     if latest.captured_by == THIRD_PARTY:
-        if (
-            profile.third_party_requires_naming
-            and latest.third_party_names_organisation is not True
-        ):
-            return Decision(
-                False,
-                THIRD_PARTY_UNNAMED,
-                profile.third_party_rule,
-                f"{ref}: third-party consent does not name {organisation!r}",
-            )
-        max_age = profile.third_party_max_age
-        if max_age is not None:
-            age = call_started_at - latest.recorded_at
-            if age > max_age:
-                return Decision(
-                    False,
-                    THIRD_PARTY_STALE,
-                    profile.third_party_rule,
-                    f"{ref}: third-party consent is {age} old (max {max_age})",
-                )
+        refused = _check_third_party(profile, latest, organisation, call_started_at, ref)
+        if refused is not None:
+            return refused
     elif latest.captured_by != FIRST_PARTY:
         return Decision(False, NO_CONSENT, rule, f"{ref}: unknown capture {latest.captured_by!r}")
     return Decision(True, ALLOWED, rule, f"{ref}: valid opt-in")
+
+
+def _check_third_party(
+    profile: Profile,
+    latest: ConsentEvent,
+    organisation: str,
+    call_started_at: datetime,
+    ref: str,
+) -> Decision | None:
+    """The refusal of a third-party opt-in, or None when it may be relied on.
+
+    Consent a list seller collected counts only if it named this organisation (where the
+    profile requires naming) and is at most ``profile.third_party_max_age`` old at call start.
+    """
+    if profile.third_party_requires_naming and latest.third_party_names_organisation is not True:
+        return Decision(
+            False,
+            THIRD_PARTY_UNNAMED,
+            profile.third_party_rule,
+            f"{ref}: third-party consent does not name {organisation!r}",
+        )
+    max_age = profile.third_party_max_age
+    if max_age is not None:
+        age = call_started_at - latest.recorded_at
+        if age > max_age:
+            return Decision(
+                False,
+                THIRD_PARTY_STALE,
+                profile.third_party_rule,
+                f"{ref}: third-party consent is {age} old (max {max_age})",
+            )
+    return None
 
 
 # --- calling hours -------------------------------------------------------------------------------
@@ -695,33 +710,16 @@ def gate(
         checks: tuple[_Check, ...] = (
             ("number", lambda: _check_number(number_e164)),
             ("lists", lambda: check_snapshot_freshness(profile, snapshots, day)),
-            (
-                "flags",
-                lambda: _check_flags(profile, do_not_call=do_not_call, suppressed=suppressed),
-            ),
-            (
-                "consent",
-                lambda: evaluate_consent(
-                    profile, latest, organisation=organisation, call_started_at=call_started_at
-                ),
-            ),
-            (
-                "hours",
-                lambda: check_calling_hours(
-                    profile, number_e164, call_started_at, campaign_window=campaign_window
-                ),
-            ),
-            (
-                "attempts",
-                lambda: check_attempts(
-                    profile,
-                    attempts_made=attempts_made,
-                    max_attempts=max_attempts,
-                    last_attempt_at=last_attempt_at,
-                    retry_spacing=retry_spacing,
-                    now=call_started_at,
-                ),
-            ),
+            ("flags", lambda: _check_flags(profile, do_not_call=do_not_call,
+                                           suppressed=suppressed)),
+            ("consent", lambda: evaluate_consent(profile, latest, organisation=organisation,
+                                                 call_started_at=call_started_at)),
+            ("hours", lambda: check_calling_hours(profile, number_e164, call_started_at,
+                                                  campaign_window=campaign_window)),
+            ("attempts", lambda: check_attempts(
+                profile, attempts_made=attempts_made, max_attempts=max_attempts,
+                last_attempt_at=last_attempt_at, retry_spacing=retry_spacing,
+                now=call_started_at)),
             ("caller_id", lambda: check_caller_id(profile, caller_id)),
         )
         return _first_refusal(profile, checks)

@@ -25,8 +25,8 @@ from agi.ledger.ledger import Ledger
 from agi.ledger.records import ConsentDecision
 from agi.ops.config import Settings
 from agi.outbound import policy
-from agi.outbound.campaigns import CampaignStore
 from agi.outbound.model import Campaign
+from agi.outbound.stores import OutboundStores
 from agi.server.fastagi import AGIServer
 from tests.campaign_helpers import ORG, PURPOSE, consent, fresh_lists, make_campaign
 from tests.fakes import SILENCE, CallRecord, FakeAsterisk
@@ -39,7 +39,8 @@ MARKETING = ["marketing-identify", "marketing-opt-out-instructions"]
 @dataclass
 class Stack:
     server: AGIServer
-    store: CampaignStore
+    stores: OutboundStores
+    pool: asyncpg.Pool
     ledger: Ledger
     journal: Journal
     campaign: Campaign
@@ -68,7 +69,7 @@ class Stack:
 
     async def dialled(self, number: str = NUMBER) -> int:
         """Claim the contact as the dialer would (the gate allowed it): the attempt id."""
-        claim = await self.store.claim_next(self.campaign.id, "w1", timedelta(minutes=5))
+        claim = await self.stores.claims.claim_next(self.campaign.id, "w1", timedelta(minutes=5))
         assert claim.kind == "dial" and claim.job is not None, claim
         assert claim.job.number_e164 == number
         return claim.job.attempt_id
@@ -83,12 +84,12 @@ async def _stack(
     route = marketing_route(settings, RouteDeps(flow_pool or pool, store, prompts))
     server = AGIServer(settings, {"marketing": route})
     await server.start()
-    cstore = CampaignStore(pool, timeout=5.0)
-    campaign = await make_campaign(cstore)
-    await fresh_lists(cstore)
-    await cstore.import_contacts(campaign, "07400123401\n07400123402\n")
+    stores = OutboundStores.over(pool, timeout=5.0)
+    campaign = await make_campaign(stores.campaigns)
+    await fresh_lists(stores.lists)
+    await stores.lists.import_contacts(campaign, "07400123401\n07400123402\n")
     try:
-        yield Stack(server, cstore, ledger, journal, campaign, settings)
+        yield Stack(server, stores, pool, ledger, journal, campaign, settings)
     finally:
         await server.drain(timeout=2)
 
@@ -131,14 +132,14 @@ async def test_opted_in_number_hears_identification_offer_and_campaign(stack: St
     # the opt-out key interrupts every marketing prompt
     assert all('"9"' in c or " 9" in c for c in record.commands if "campaign-demo" in c
                or "marketing-identify" in c)
-    play = await stack.store.pool.fetchrow(
+    play = await stack.pool.fetchrow(
         "SELECT consent_event_id, consent_verified, status, dial_attempt_id, number_e164 "
         "FROM marketing_play"
     )
     assert tuple(play) == (event, True, "completed", attempt, NUMBER)
-    assert await stack.store.pool.fetchval(
+    assert await stack.pool.fetchval(
         "SELECT result FROM dial_attempt WHERE id = $1", attempt) == "played"
-    assert await refused_rows(stack.store.pool) == []
+    assert await refused_rows(stack.pool) == []
 
 
 # ------------------------------------------------------------------------- opt-out key
@@ -160,7 +161,7 @@ async def test_opt_out_key_records_before_confirming_and_stops_dialling(
     assert ("campaign-demo" in heard) is heard_campaign
     assert record.variables["CONSENT_RESULT"] == "opted_out"
     assert record.hangup_by == "server"
-    pool = stack.store.pool
+    pool = stack.pool
     event = await pool.fetchrow(
         "SELECT id, decision, method, channel, organisation, number_e164, digits "
         "FROM consent_event WHERE decision = 'opt_out'"
@@ -179,10 +180,10 @@ async def test_opt_out_key_records_before_confirming_and_stops_dialling(
     if heard_campaign:
         assert await pool.fetchval("SELECT status FROM marketing_play") == "opted_out"
     # the next claim sees it at once
-    await stack.store.pool.execute("UPDATE contact SET state = 'ready', next_attempt_at = "
+    await stack.pool.execute("UPDATE contact SET state = 'ready', next_attempt_at = "
                                    "'-infinity', lease_owner = NULL, lease_expires_at = NULL")
-    await stack.store.pool.execute("UPDATE dial_attempt SET state = 'completed'")
-    claim = await stack.store.claim_next(stack.campaign.id, "w1", timedelta(minutes=5))
+    await stack.pool.execute("UPDATE dial_attempt SET state = 'completed'")
+    claim = await stack.stores.claims.claim_next(stack.campaign.id, "w1", timedelta(minutes=5))
     assert claim.kind == "refused" and claim.decision is not None
     assert claim.decision.reason == "do_not_call"
 
@@ -198,14 +199,14 @@ async def test_opt_out_after_the_dial_decision_refuses_with_no_audio(stack: Stac
     assert prompts(record) == []
     assert record.variables["CONSENT_RESULT"] == "refused"
     assert record.variables["CONSENT_REFUSAL_REASON"] == "opted_out"
-    assert await refused_rows(stack.store.pool) == [(NUMBER, "opted_out")]
-    assert await stack.store.pool.fetchval("SELECT count(*) FROM marketing_play") == 0
-    assert await stack.store.pool.fetchval(
+    assert await refused_rows(stack.pool) == [(NUMBER, "opted_out")]
+    assert await stack.pool.fetchval("SELECT count(*) FROM marketing_play") == 0
+    assert await stack.pool.fetchval(
         "SELECT result FROM dial_attempt WHERE id = $1", attempt) == "refused"
 
 
 async def test_consent_recorded_after_the_call_started_is_refused(stack: Stack) -> None:
-    pool = stack.store.pool
+    pool = stack.pool
     contact = await pool.fetchval("SELECT id FROM contact WHERE number_e164 = $1", NUMBER)
     attempt = await pool.fetchval(
         """INSERT INTO dial_attempt (campaign_id, contact_id, number_e164, attempt_no, allowed,
@@ -220,7 +221,7 @@ async def test_consent_recorded_after_the_call_started_is_refused(stack: Stack) 
 
 
 async def test_live_call_consent_only_is_refused(stack: Stack) -> None:
-    pool = stack.store.pool
+    pool = stack.pool
     await consent(stack.ledger, NUMBER)
     attempt = await stack.dialled()
     await consent(stack.ledger, NUMBER, consent_channel="live_call")
@@ -253,7 +254,7 @@ async def test_unknown_or_withheld_refuses(
     assert prompts(record) == []
     assert record.variables["CONSENT_RESULT"] == "refused"
     assert record.variables["CONSENT_REFUSAL_REASON"] == reason
-    assert [r[1] for r in await refused_rows(stack.store.pool)] == [reason]
+    assert [r[1] for r in await refused_rows(stack.pool)] == [reason]
 
 
 async def test_withheld_presentation_refuses_even_a_dialled_opted_in_number(stack: Stack) -> None:
@@ -297,7 +298,7 @@ def policy_now() -> Any:
 async def test_halted_campaign_plays_nothing(stack: Stack) -> None:
     await consent(stack.ledger, NUMBER)
     attempt = await stack.dialled()
-    await stack.store.set_status(stack.campaign.id, "halted", "test")
+    await stack.stores.campaigns.set_status(stack.campaign.id, "halted", "test")
     record = await stack.call(attempt=attempt)
     assert prompts(record) == []
     assert record.variables["CONSENT_REFUSAL_REASON"] == "campaign_halted"
@@ -354,19 +355,19 @@ async def test_gate_defect_is_caught_by_the_database_and_halts_the_campaign(
     assert "campaign-demo" not in prompts(record)
     assert record.variables["CONSENT_RESULT"] == "refused"
     assert record.variables["CONSENT_REFUSAL_REASON"] == "unverified_consent"
-    pool = stack.store.pool
+    pool = stack.pool
     assert await pool.fetchval("SELECT status FROM marketing_play") == "blocked"
-    halted = await stack.store.get_campaign(stack.campaign.id)
+    halted = await stack.stores.campaigns.get_campaign(stack.campaign.id)
     assert halted is not None and halted.status == "halted"
     assert "unverified consent" in (halted.halt_reason or "")
-    assert await stack.store.unconsented_plays() == 0  # nothing actually played
-    claim = await stack.store.claim_next(stack.campaign.id, "w1", timedelta(minutes=5))
+    assert await stack.stores.campaigns.unconsented_plays() == 0  # nothing actually played
+    claim = await stack.stores.claims.claim_next(stack.campaign.id, "w1", timedelta(minutes=5))
     assert claim.kind == "halted"
 
 
 async def test_a_play_without_verified_consent_counts_and_halts(stack: Stack) -> None:
     """Another instance (or a bug) logged a playback the database cannot verify."""
-    pool = stack.store.pool
+    pool = stack.pool
     await pool.execute(
         """INSERT INTO marketing_play (campaign_id, number_e164, consent_event_id,
                consent_verified, call_started_at, status, audio_prompt, instance,
@@ -374,13 +375,12 @@ async def test_a_play_without_verified_consent_counts_and_halts(stack: Stack) ->
            VALUES ($1, $2, 0, false, now(), 'completed', 'campaign-demo', 'rogue', 'k')""",
         stack.campaign.id, NUMBER,
     )
-    assert await stack.store.unconsented_plays(stack.campaign.id) == 1
-    stats = await stack.store.campaign_stats(stack.campaign.id)
+    assert await stack.stores.campaigns.unconsented_plays(stack.campaign.id) == 1
+    stats = await stack.stores.campaigns.campaign_stats(stack.campaign.id)
     assert stats["unconsented_plays"] == 1
     await consent(stack.ledger, "+447400123402")
-    assert (await stack.store.claim_next(stack.campaign.id, "w", timedelta(minutes=5))).kind == (
-        "halted"
-    )
+    claim = await stack.stores.claims.claim_next(stack.campaign.id, "w", timedelta(minutes=5))
+    assert claim.kind == "halted"
     record = await stack.call(attempt=None, callerid="+447400123402")
     assert record.variables["CONSENT_REFUSAL_REASON"] == "campaign_halted"
     assert prompts(record) == []
@@ -399,14 +399,14 @@ async def test_reconfirm_without_a_statement_for_the_purpose_plays_nothing(
     assert isinstance(flow, marketing_module.MarketingFlow)
     flow.prompts = PromptCatalogue({(p.id, p.lang): p for p in flow.prompts
                                     if not p.id.startswith("statement-")})
-    campaign = await make_campaign(stack.store, name="reconfirming", reconfirm=True)
-    await stack.store.import_contacts(campaign, "07400123401\n")
+    campaign = await make_campaign(stack.stores.campaigns, name="reconfirming", reconfirm=True)
+    await stack.stores.lists.import_contacts(campaign, "07400123401\n")
     await consent(stack.ledger, NUMBER)
-    claim = await stack.store.claim_next(campaign.id, "w1", timedelta(minutes=5))
+    claim = await stack.stores.claims.claim_next(campaign.id, "w1", timedelta(minutes=5))
     assert claim.job is not None
     record = await stack.call(attempt=claim.job.attempt_id, campaign=str(campaign.id))
     assert prompts(record) == []
     assert record.variables["CONSENT_RESULT"] == "refused"
     assert record.variables["CONSENT_REFUSAL_REASON"] == "error"
-    [(number, reason)] = await refused_rows(stack.store.pool)
+    [(number, reason)] = await refused_rows(stack.pool)
     assert number == NUMBER and reason == "error"

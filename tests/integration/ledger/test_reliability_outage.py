@@ -43,7 +43,7 @@ from agi.ledger.records import LedgerUnavailable
 from agi.ledger.sessions import CallSessions
 from agi.ops.config import Settings
 from agi.ops.pgembed import EmbeddedPostgres
-from agi.outbound.campaigns import CampaignStore
+from agi.outbound.stores import OutboundStores
 from agi.server.fastagi import AGIServer
 from tests.campaign_helpers import consent, fresh_lists, make_campaign
 from tests.fakes import OPT_IN, SILENCE, CallRecord, FakeAsterisk
@@ -105,15 +105,15 @@ async def test_database_stopped_during_a_burst_loses_no_decision(
     await server.start()
 
     # a campaign whose two numbers opted in, both already claimed by the dialer
-    cstore = CampaignStore(pool, timeout=5.0)
-    campaign = await make_campaign(cstore)
-    await fresh_lists(cstore)
-    await cstore.import_contacts(campaign, "07400123401\n07400123402\n")
+    stores = OutboundStores.over(pool, timeout=5.0)
+    campaign = await make_campaign(stores.campaigns)
+    await fresh_lists(stores.lists)
+    await stores.lists.import_contacts(campaign, "07400123401\n07400123402\n")
     for number in MARKETED:
         await consent(ledger, number)
     attempts = []
     for _ in MARKETED:
-        claim = await cstore.claim_next(campaign.id, "w1", timedelta(minutes=5))
+        claim = await stores.claims.claim_next(campaign.id, "w1", timedelta(minutes=5))
         assert claim.job is not None
         attempts.append(claim.job.attempt_id)
     baseline_events = await pool.fetchval("SELECT count(*) FROM consent_event")

@@ -40,9 +40,10 @@ from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ops.config import Settings, repo_root
 from agi.ops.metrics import Metrics, start_exporter
-from agi.outbound.campaigns import CampaignStore
-from agi.outbound.dialer import AmiClient, Dialer, DialerConfig
+from agi.outbound.ami import AmiClient
+from agi.outbound.dialer import Dialer, DialerConfig
 from agi.outbound.model import Campaign
+from agi.outbound.stores import OutboundStores
 from agi.server.fastagi import AGIServer
 from agi.testing.fake_ami import FakeAMI, OutboundDialplan
 from tests.campaign_helpers import ORG, PURPOSE, consent, fresh_lists, make_campaign
@@ -137,7 +138,7 @@ class Chain:
     settings: Settings
     pool: asyncpg.Pool
     ledger: Ledger
-    store: CampaignStore
+    stores: OutboundStores
     ami: FakeAMI
     server: AGIServer
     tap: AgiTap
@@ -151,7 +152,8 @@ class Chain:
         await client.connect(within=10)
         config = DialerConfig(worker="w1", journal_dir=self.settings.journal_dir, poll_s=0.05,
                               **cfg)
-        return Dialer(self.store, client, config, metrics=self.metrics)
+        return Dialer(self.stores.campaigns, self.stores.claims, client, config,
+                      metrics=self.metrics)
 
     async def run(self, campaign: Campaign) -> str:
         dialer = await self.dialer()
@@ -197,8 +199,8 @@ async def chain(
     dialplan = OutboundDialplan(agi_port=tap.port, token=TOKEN)
     ami = await FakeAMI(on_answer=dialplan).start()
     try:
-        yield Chain(settings, pool, ledger, CampaignStore(pool, timeout=5.0), ami, server, tap,
-                    dialplan, metrics)
+        yield Chain(settings, pool, ledger, OutboundStores.over(pool, timeout=5.0), ami, server,
+                    tap, dialplan, metrics)
     finally:
         await ami.close()
         await tap.close()
@@ -207,9 +209,9 @@ async def chain(
 
 
 async def new_campaign(chain: Chain, numbers: list[str], **spec: Any) -> Campaign:
-    campaign = await make_campaign(chain.store, **spec)
-    await fresh_lists(chain.store)
-    report = await chain.store.import_contacts(campaign, "\n".join(numbers) + "\n")
+    campaign = await make_campaign(chain.stores.campaigns, **spec)
+    await fresh_lists(chain.stores.lists)
+    report = await chain.stores.lists.import_contacts(campaign, "\n".join(numbers) + "\n")
     assert report.added == len(numbers)
     return campaign
 
@@ -237,7 +239,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_only_opted_in_numbers_are_originated_and_hear_the_campaign(chain: Chain) -> None:
     # A, B opted in; C never asked; D opted in, then out; E opted in but on the TPS list.
     campaign = await new_campaign(chain, [A, B, C, D, E], max_attempts=1)
-    await chain.store.import_suppression("tps", datetime.now(UTC).date(), [E])
+    await chain.stores.lists.import_suppression("tps", datetime.now(UTC).date(), [E])
     relied_on = {A: await consent(chain.ledger, A), B: await consent(chain.ledger, B)}
     await consent(chain.ledger, D)
     await consent(chain.ledger, D, "opt_out")
@@ -285,7 +287,7 @@ async def test_only_opted_in_numbers_are_originated_and_hear_the_campaign(chain:
     # the zero counter: in the metrics and in the database
     assert sample(chain.metrics, "consent_ivr_marketing_played_without_consent_total") == 0
     assert sample(chain.metrics, "consent_ivr_marketing_plays_total") == 2
-    assert await chain.store.unconsented_plays() == 0
+    assert await chain.stores.campaigns.unconsented_plays() == 0
 
 
 # --------------------------------------------------------------------------- (b) 9 mid-audio
@@ -445,7 +447,7 @@ async def test_reconfirm_one_records_a_fresh_opt_in_nine_opts_out_silence_change
                         "ORDER BY id")
     assert [e for e in events if e["number_e164"] == silent] == [
         {"number_e164": silent, "decision": "opt_in", "method": "ivr_inbound"}]
-    assert await chain.store.unconsented_plays() == 0
+    assert await chain.stores.campaigns.unconsented_plays() == 0
 
     # The fresh opt-in is what a later call relies on.
     later = await new_campaign(chain, [keeps], name="spring", max_attempts=1)
@@ -490,7 +492,7 @@ async def test_reconfirm_needs_an_opt_out_key_other_than_one(chain: Chain) -> No
     from agi.outbound.model import CampaignError
 
     with pytest.raises(CampaignError, match="re-confirmation"):
-        await make_campaign(chain.store, reconfirm=True, opt_out_key="1")
+        await make_campaign(chain.stores.campaigns, reconfirm=True, opt_out_key="1")
 
 
 # --------------------------------------------------------------------------- dialer metrics
@@ -587,13 +589,12 @@ def free_port() -> int:
 
 
 async def test_dialer_command_serves_metrics_and_readiness(
-    db_url: str, pool: asyncpg.Pool, ledger: Ledger, tmp_path: Path
+    db_url: str, stores: OutboundStores, ledger: Ledger, tmp_path: Path
 ) -> None:
     """``consent-ivr dialer`` (the real process) listens on CONSENT_IVR_METRICS_ADDR."""
-    store = CampaignStore(pool, timeout=5.0)
-    campaign = await make_campaign(store, max_attempts=1)
-    await fresh_lists(store)
-    await store.import_contacts(campaign, f"{A}\n{B}\n")
+    campaign = await make_campaign(stores.campaigns, max_attempts=1)
+    await fresh_lists(stores.lists)
+    await stores.lists.import_contacts(campaign, f"{A}\n{B}\n")
     await consent(ledger, A)
     ami = await FakeAMI().start()
     port = free_port()

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from agi.cli.main import main
-from agi.outbound.campaigns import CampaignStore
 from agi.outbound.gate import decide_dial
+from agi.outbound.stores import OutboundStores
 from tests.campaign_helpers import consent, fresh_lists, make_campaign, window
 
 
@@ -19,24 +19,19 @@ async def cli(argv: list[str]) -> int:
     return await asyncio.to_thread(main, argv)
 
 
-@pytest.fixture
-def store(pool: asyncpg.Pool) -> CampaignStore:
-    return CampaignStore(pool, timeout=5.0)
-
-
 N = [f"+4474001236{i:02d}" for i in range(20)]
 
 
 async def test_screen_matches_the_python_gate_number_by_number(
-    store: CampaignStore, ledger
+    pool: asyncpg.Pool, stores: OutboundStores, ledger
 ) -> None:
-    c = await make_campaign(store, max_attempts=2, retry_spacing=timedelta(hours=1))
-    await fresh_lists(store)
-    await store.import_contacts(c, "\n".join(N[:12]) + "\n")
+    c = await make_campaign(stores.campaigns, max_attempts=2, retry_spacing=timedelta(hours=1))
+    await fresh_lists(stores.lists)
+    await stores.lists.import_contacts(c, "\n".join(N[:12]) + "\n")
     await consent(ledger, N[0])                                   # allowed
     await consent(ledger, N[1]); await consent(ledger, N[1], "opt_out")  # noqa: E702
     await consent(ledger, N[2], consent_channel="live_call")              # wrong_channel
-    await consent(ledger, N[3]); await store.import_suppression(  # noqa: E702
+    await consent(ledger, N[3]); await stores.lists.import_suppression(  # noqa: E702
         "ctps", datetime.now(UTC).date(), [N[3]])                 # suppressed
     await consent(ledger, N[4]); await consent(  # noqa: E702
         ledger, N[4], "opt_out", method="ivr_outbound_opt_out")   # opted_out (+ DNC)
@@ -46,14 +41,14 @@ async def test_screen_matches_the_python_gate_number_by_number(
     await consent(ledger, N[7], organisation="Other Org")         # no_consent
     await consent(ledger, N[8], captured_by="third_party")        # allowed (fresh)
     await consent(ledger, N[9])                                   # attempts_exhausted
-    await store.pool.execute("UPDATE contact SET attempts = 2, last_attempt_at = now() "
+    await pool.execute("UPDATE contact SET attempts = 2, last_attempt_at = now() "
                              "- interval '2 hours' WHERE number_e164 = $1", N[9])
     await consent(ledger, N[10])                                  # retry_too_soon
-    await store.pool.execute("UPDATE contact SET attempts = 1, last_attempt_at = now() "
+    await pool.execute("UPDATE contact SET attempts = 1, last_attempt_at = now() "
                              "WHERE number_e164 = $1", N[10])
     # N[11]: nothing at all → no_consent
     at = datetime.now(UTC) + timedelta(minutes=1)
-    rows = {r.number_e164: r async for r in store.screen_rows(c, at)}
+    rows = {r.number_e164: r async for r in stores.screening.screen_rows(c, at)}
     expected = {
         N[0]: "allowed", N[1]: "opted_out", N[2]: "wrong_channel", N[3]: "suppressed",
         N[4]: "do_not_call", N[5]: "no_consent", N[6]: "opted_out", N[7]: "no_consent",
@@ -62,20 +57,20 @@ async def test_screen_matches_the_python_gate_number_by_number(
     }
     assert {n: r.reason for n, r in rows.items()} == expected
     # the same decision as the dialer's gate, for every number
-    snaps = await store.snapshots()
+    snaps = await stores.lists.snapshots()
     for number in N[:12]:
-        cid = await store.pool.fetchval("SELECT id FROM contact WHERE number_e164 = $1", number)
-        async with store.pool.acquire() as conn:
-            facts = await store.facts_for_contact(conn, c, cid, at)
+        cid = await pool.fetchval("SELECT id FROM contact WHERE number_e164 = $1", number)
+        async with pool.acquire() as conn:
+            facts = await stores.screening.facts_for_contact(conn, c, cid, at)
         assert decide_dial(c, facts, snapshots=snaps, now=at).reason == expected[number], number
-    assert await store.screen_counts(c, at) == {
+    assert await stores.screening.screen_counts(c, at) == {
         "allowed": 2, "opted_out": 2, "no_consent": 3, "wrong_channel": 1, "suppressed": 1,
         "do_not_call": 1, "attempts_exhausted": 1, "retry_too_soon": 1}
     # journal-only opt-outs count as do-not-call; a stale list refuses everyone
-    assert (await store.screen_counts(c, at, [N[0]])).get("allowed") == 1
-    await store.pool.execute("UPDATE suppression_snapshot SET as_of = as_of - 40 "
+    assert (await stores.screening.screen_counts(c, at, [N[0]])).get("allowed") == 1
+    await pool.execute("UPDATE suppression_snapshot SET as_of = as_of - 40 "
                              "WHERE list = 'tps'")
-    assert await store.screen_counts(c, at) == {"stale_list": 12}
+    assert await stores.screening.screen_counts(c, at) == {"stale_list": 12}
 
 
 US = {
@@ -105,25 +100,27 @@ US = {
     ],
 )
 async def test_us_calling_hours_in_the_callee_zone_across_dst(
-    store: CampaignStore, ledger, at: str, allowed: set[str]
+    pool: asyncpg.Pool, stores: OutboundStores, ledger, at: str, allowed: set[str]
 ) -> None:
-    c = await make_campaign(store, profile="us-tcpa", caller_id="+12127365001",
+    c = await make_campaign(stores.campaigns, profile="us-tcpa", caller_id="+12127365001",
                             default_region="US")
-    await store.import_contacts(c, "\n".join(US.values()) + "\n")
+    await stores.lists.import_contacts(c, "\n".join(US.values()) + "\n")
     for number in US.values():
         await consent(ledger, number)
     when = datetime.fromisoformat(at)
-    await store.import_suppression("us-dnc", datetime.now(UTC).date(), [])
-    await store.pool.execute("UPDATE suppression_snapshot SET as_of = $1", when.date())
-    rows = {r.number_e164: r.reason async for r in store.screen_rows(c, when)}
+    await stores.lists.import_suppression("us-dnc", datetime.now(UTC).date(), [])
+    await pool.execute("UPDATE suppression_snapshot SET as_of = $1", when.date())
+    rows = {r.number_e164: r.reason async for r in stores.screening.screen_rows(c, when)}
     got = {k for k, n in US.items() if rows[n] == "allowed"}
     assert got == allowed
     assert {rows[n] for k, n in US.items() if k not in allowed} <= {"outside_hours"}
 
 
-async def test_uk_campaign_window_across_bst(store: CampaignStore, ledger) -> None:
-    c = await make_campaign(store, window=window("09:00", "20:00"))
-    await store.import_contacts(c, "02079460018\n")
+async def test_uk_campaign_window_across_bst(
+    pool: asyncpg.Pool, stores: OutboundStores, ledger
+) -> None:
+    c = await make_campaign(stores.campaigns, window=window("09:00", "20:00"))
+    await stores.lists.import_contacts(c, "02079460018\n")
     await consent(ledger, "+442079460018")
     for at, reason in [
         ("2027-03-27T08:30:00+00:00", "outside_hours"),  # GMT: 08:30
@@ -132,11 +129,11 @@ async def test_uk_campaign_window_across_bst(store: CampaignStore, ledger) -> No
         ("2027-10-30T19:30:00+00:00", "outside_hours"),  # still BST: 20:30
     ]:
         when = datetime.fromisoformat(at)
-        await store.pool.execute("DELETE FROM suppression_snapshot")
-        await store.pool.execute(
+        await pool.execute("DELETE FROM suppression_snapshot")
+        await pool.execute(
             "INSERT INTO suppression_snapshot (list, as_of, current) VALUES "
             "('tps', $1, true), ('ctps', $1, true)", when.date())
-        assert await store.screen_counts(c, when) == {reason: 1}, at
+        assert await stores.screening.screen_counts(c, when) == {reason: 1}, at
 
 
 async def test_cli_campaign_contacts_suppression_and_screen(
