@@ -1,7 +1,10 @@
 """Route ``consent``: identify, ask, confirm, record — in that order, or nothing at all.
 
 ``AGI(agi://host:4573/consent?purpose=marketing-calls)``; ``method=agent_transfer``
-when a live agent transferred the caller in. The rules this flow keeps:
+when a live agent transferred the caller in. The kit adds ``linkedid=${CHANNEL(linkedid)}``
+and ``answered=1`` (it has answered the channel): each saves the flow a round trip; without
+them the flow asks Asterisk for the linkedid and answers the channel itself. The rules this
+flow keeps:
 
 * silence, timeouts, invalid keys, a hangup or any error never record consent;
 * opt-in takes a second positive action (confirm), and only after the purpose's statement
@@ -113,7 +116,10 @@ class ConsentFlow:
             given = call.params.get("linkedid", "")
             linkedid = (given if _LINKEDID.fullmatch(given)
                         else await ch.get_variable("CHANNEL(linkedid)"))
-            await ch.answer()
+            # The kit Answer()s before AGI() and says so (answered=1): an ANSWER on a
+            # channel that is up is a round trip that does nothing (res_agi handle_answer)
+            if call.params.get("answered") != "1":
+                await ch.answer()
             if method_key == "agent_transfer":
                 await dialogue.play("transfer-intro")
             # Identification plays whole, uninterrupted: the evidence then shows the caller

@@ -225,6 +225,12 @@ exten => blind,1,Answer()
  same => n,ExecIf($["${TEST_BLIND}" != ""]?Set(BLINDTRANSFER=${TEST_BLIND}))
  same => n,Goto(consent-transfer,s,1)
 
+[test-admin-line]
+; An admin not using the kit: the README's one line, no Answer() before the AGI, so the
+; flow must answer the channel itself.
+exten => s,1,AGI(${CONSENT_AGI}/consent?purpose=marketing-calls&token=${CONSENT_AGI_TOKEN})
+ same => n,Hangup()
+
 [test-callee]
 ; The far end of an outbound call: answers, then presses keys like test-caller.
 exten => _X.,1,NoOp(test callee ${EXTEN})

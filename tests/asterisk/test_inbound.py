@@ -75,6 +75,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         (INTO, "2")]),
     "welsh_line": dict(cid="+447400100009", context="consent-phones", exten="7001",
                        script=[(question(CY), "2")]),
+    # without the kit: no Answer() before AGI(), no parameters but the purpose
+    "admin_one_line": dict(cid="+447400100013", context="test-admin-line",
+                           script=[(question(EN), "2")]),
     "keys_during_identification": dict(cid="+447400100010", script=[
         (START + INTO, "1"), (EN.length("identify") - INTO + INTO, "2")]),
 }
@@ -137,8 +140,10 @@ def _decided(results: dict[str, Any], name: str, number: str, decision: str) -> 
     assert rec.last("CONSENT_EVENT_ID") == str(event["id"])
     assert event["uniqueid"] == rec.uniqueids[rec.line_channel]
     assert event["linkedid"] == rec.linkedid
-    # the kit passed it in the AGI URL: the flow did not have to ask
+    # the kit passed both in the AGI URL: the flow did not have to ask for the linkedid,
+    # nor answer a channel the kit had answered
     assert ["GET", "VARIABLE", "CHANNEL(linkedid)"] not in rec.agi_commands()
+    assert ["ANSWER"] not in rec.agi_commands(), rec.agi
     assert event["channel_name"] == rec.line_channel
     assert event["source"] == "live"
     assert not _attempts(results, number)
@@ -269,6 +274,23 @@ def test_welsh_line_plays_welsh_prompts(inbound: dict[str, Any]) -> None:
     played = [ln for ln in inbound["log"].splitlines() if line in ln and "Playing '" in ln]
     assert played, "no playback logged"
     assert all("(language 'cy')" in ln for ln in played), played
+
+
+def test_a_call_without_the_kit_is_answered_by_the_flow(inbound: dict[str, Any]) -> None:
+    rec: CallRecord = outcome(inbound, "admin_one_line")
+    assert rec.last("CONSENT_RESULT") == "opted_out", rec.summary()
+    assert rec.last("AGISTATUS") == "SUCCESS"
+    assert rec.contexts() == ["test-line", "test-admin-line"]
+    commands = rec.agi_commands()
+    # the dialplan answered nothing: the flow's ANSWER did, before the first prompt
+    assert not [s for s in rec.steps if s[0] == rec.line_channel and s[3] == "Answer"]
+    assert commands.count(["ANSWER"]) == 1, rec.agi
+    assert commands.index(["ANSWER"]) < next(
+        i for i, c in enumerate(commands) if c[:2] == ["STREAM", "FILE"])
+    assert ["GET", "VARIABLE", "CHANNEL(linkedid)"] in commands  # not in the URL: asked
+    [event] = _events(inbound, "+447400100013")
+    assert event["decision"] == "opt_out" and event["linkedid"] == rec.linkedid
+    assert rec.last("CONSENT_EVENT_ID") == str(event["id"])
 
 
 def test_keys_during_identification_do_not_count(inbound: dict[str, Any]) -> None:

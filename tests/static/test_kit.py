@@ -180,7 +180,8 @@ def test_conditions_compare_consent_result_only_with_real_values(plan: Dialplan)
 def test_agi_urls_hit_the_server_routes_with_the_token(kit: Dialplan) -> None:
     urls = {(p.context, p.exten): p.args for p in kit.priorities() if p.app == "AGI"}
     token = "token=${CONSENT_AGI_TOKEN}"
-    linked = "linkedid=${CHANNEL(linkedid)}&"  # saves the flow a GET VARIABLE
+    # each saves the flow a round trip: its GET VARIABLE, its ANSWER
+    linked = "linkedid=${CHANNEL(linkedid)}&answered=1&"
     assert urls == {
         ("consent-inbound", "s"):
             "${CONSENT_AGI}/consent?purpose=marketing-calls&" + linked + token,
@@ -216,6 +217,8 @@ class Walk:
     agi: list[str] = field(default_factory=list)
     dialled: list[str] = field(default_factory=list)
     ended: str = ""  # "hangup in <context>" / "caller hung up"
+    answered: bool = False  # an Answer() ran before the current point
+    agi_on_answered: list[bool] = field(default_factory=list)  # per AGI(): answered by then?
 
 
 _INNER = re.compile(r"\$\{([^${}]*)\}")
@@ -271,13 +274,16 @@ def walk(plan: Dialplan, context: str, exten: str, env: dict[str, str],
         result.visited.append((context, exten))
         args = _substitute(prio.args, env)
         jump = None
-        if prio.app in {"NoOp", "Log", "Answer", "Verbose"}:
+        if prio.app in {"NoOp", "Log", "Verbose"}:
             pass
+        elif prio.app == "Answer":
+            result.answered = True
         elif prio.app == "Set":
             name, _, value = args.partition("=")
             env[name] = value
         elif prio.app == "AGI":
             result.agi.append(args)
+            result.agi_on_answered.append(result.answered)
             if agi_hangup:
                 result.ended = "caller hung up"
                 return result
@@ -350,7 +356,26 @@ def test_inbound_recorded_or_undecided_call_just_ends(
     assert w.ended == "hangup in consent-inbound"
     assert w.played == []
     assert w.agi == ["agi://127.0.0.1:4573/consent?purpose=marketing-calls&linkedid=&"
-                     f"token={GLOBALS['CONSENT_AGI_TOKEN']}"]
+                     f"answered=1&token={GLOBALS['CONSENT_AGI_TOKEN']}"]
+
+
+@pytest.mark.parametrize(("context", "exten", "extra"), [
+    ("consent-inbound", "s", {}),
+    ("consent-transfer", "s", {"BLINDTRANSFER": "PJSIP/agent-desk-0000002a"}),  # its sub
+    ("consent-outbound", "s", {"CONSENT_CAMPAIGN": "winter-fix", "CONSENT_ATTEMPT": "3"}),
+])
+def test_agi_says_answered_only_after_the_kit_answered(
+    plan: Dialplan, context: str, exten: str, extra: dict[str, str]
+) -> None:
+    # answered=1 makes the flow skip its ANSWER: a URL that said it on a channel the kit
+    # had not answered would play the prompts to a ringing line
+    w = walk(plan, context, exten, {**GLOBALS, **extra}, _recorded(cv.RESULT_OPTED_OUT))
+    assert w.agi, w
+    for url, answered in zip(w.agi, w.agi_on_answered, strict=True):
+        if "answered=1" in url:
+            assert answered, f"{context},{exten}: {url} before any Answer()"
+    if context != "consent-outbound":  # the dialer's call is up, its route answers anyway
+        assert all("answered=1" in url for url in w.agi), w.agi
 
 
 def test_inbound_without_server_address_does_not_call_agi(plan: Dialplan) -> None:

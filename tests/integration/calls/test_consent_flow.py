@@ -438,6 +438,28 @@ async def test_the_kit_s_linkedid_in_the_url_saves_a_round_trip(server, pool) ->
     assert event["linkedid"] == "1796006581.7"
 
 
+async def test_the_kit_s_answered_in_the_url_saves_the_answer(server, pool) -> None:  # type: ignore[no-untyped-def]
+    # the kit Answer()s before AGI() and says so: no ANSWER crosses the wire
+    rec = await call(server.port, presses=["2"], answered=True,
+                     network_script="consent?purpose=marketing-calls&answered=1")
+    assert rec.variables["CONSENT_RESULT"] == "opted_out", rec.dialogue()
+    assert "ANSWER" not in rec.commands
+    # the fail-closed presets stay, first
+    assert rec.variables_set[:2] == [("CONSENT_RESULT", "error"), ("CONSENT_EVENT_ID", "")]
+    [event] = await events(pool)
+    assert event["decision"] == "opt_out"
+
+
+@pytest.mark.parametrize("script", ["consent?purpose=marketing-calls",
+                                    "consent?purpose=marketing-calls&answered=yes"])
+async def test_without_the_kit_s_answered_the_flow_answers(server, pool, script) -> None:  # type: ignore[no-untyped-def]
+    rec = await call(server.port, presses=["2"], network_script=script)
+    assert rec.variables["CONSENT_RESULT"] == "opted_out", rec.dialogue()
+    assert rec.answered and rec.commands.count("ANSWER") == 1
+    assert rec.commands.index("ANSWER") < next(
+        i for i, c in enumerate(rec.commands) if c.startswith("STREAM FILE"))
+
+
 async def test_a_malformed_linkedid_is_asked_of_asterisk_instead(server, pool) -> None:  # type: ignore[no-untyped-def]
     rec = await call(server.port, presses=["2"],
                      network_script="consent?purpose=marketing-calls&linkedid=x%20y")
