@@ -46,6 +46,48 @@ PURPOSE = "marketing-calls"
 #: the variables the bench reads from the AMI
 WATCHED = ("CONSENT_RESULT", "CONSENT_EVENT_ID", "AGISTATUS")
 EXPECTED = {"opt_in": "opted_in", "opt_out": "opted_out"}
+#: The kit's inbound context as shipped, and (``--pbx-ab``) the same context without the
+#: ``answered=1`` it passes, so that the flow sends its ANSWER: the A/B of that one
+#: parameter, each call otherwise the same.
+KIT_CONTEXT = "consent-inbound"
+NO_ANSWERED_CONTEXT = "bench-inbound-no-answered"
+VARIANTS = {"kit": KIT_CONTEXT, "kit without answered=1": NO_ANSWERED_CONTEXT}
+
+
+def no_answered_dialplan() -> str:
+    """The kit's ``[consent-inbound]``, renamed and without ``answered=1`` in its AGI URL.
+
+    Derived from the shipped file at run time, so the B side of the A/B can never drift
+    from the kit in anything but that parameter.
+    """
+    from tests.asterisk.pbx import REPO
+
+    text = (REPO / "dialplan" / "extensions_consent.conf").read_text()
+    start = text.index(f"[{KIT_CONTEXT}]")
+    end = text.index("\n[", start + 1)
+    section = text[start:end]
+    if section.count("&answered=1") != 1:
+        raise RuntimeError("the kit's consent-inbound no longer passes answered=1 once")
+    return "\n" + section.replace(f"[{KIT_CONTEXT}]", f"[{NO_ANSWERED_CONTEXT}]", 1).replace(
+        "&answered=1", "") + "\n"
+
+
+def _commands_per_call(log: Path, offset: int) -> tuple[float | None, int]:
+    """Mean AGI commands a call from the server's ``call_finished`` lines after ``offset``
+    (the server counts what it sent), and the new offset."""
+    import json
+
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    counts = []
+    for line in data.splitlines():
+        if b'"call_finished"' in line:
+            try:
+                counts.append(int(json.loads(line)["commands"]))
+            except (ValueError, KeyError):
+                continue
+    return (round(sum(counts) / len(counts), 2) if counts else None), offset + len(data)
 
 
 def caller_script(kind: str, timeline: Any) -> list[tuple[float, str]]:
@@ -152,11 +194,11 @@ async def _filter_events(pbx: Any) -> None:
 
 
 async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
-                 idle_s: float, profile: Path | None) -> dict[str, Any]:
+                 idle_s: float, profile: Path | None,
+                 context: str = KIT_CONTEXT) -> dict[str, Any]:
     from tests.asterisk.pbx import Timeline
 
     timeline = Timeline("en")
-    await _filter_events(pbx)
     apid = pbx.proc.pid
     # idle: what the two processes burn with no call at all
     a0, s0 = _cpu(apid), _cpu(server_pid)
@@ -175,7 +217,8 @@ async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
     sampling = asyncio.create_task(sampler.run())
     try:
         done = await asyncio.gather(
-            *(pbx.call(cid, caller_script(kind, timeline), timeout=240) for cid, kind in calls),
+            *(pbx.call(cid, caller_script(kind, timeline), timeout=240, context=context)
+              for cid, kind in calls),
             return_exceptions=True)
     finally:
         sampling.cancel()
@@ -236,51 +279,84 @@ def _failures(calls: Sequence[tuple[str, str]], records: Sequence[Any],
 
 
 def level(ctx: dict[str, Any], binary: Any, n: int, tag: int,
-          mix: Sequence[str] = ("opt_in", "opt_out")) -> dict[str, Any]:
-    """One level: a fresh database, consent-ivr and Asterisk; ``n`` calls at once."""
+          mix: Sequence[str] = ("opt_in", "opt_out"), *, variant: str = "kit",
+          batches: int = 1) -> list[dict[str, Any]]:
+    """One level: a fresh database, consent-ivr and Asterisk; ``n`` calls at once.
+
+    With ``batches`` > 1 the same server and PBX take ``n`` calls at once again after the
+    first batch has ended, each batch measured on its own: the first pays what a server
+    start leaves for its first calls (pool growth, first use of each code path), the
+    later ones do not, so the difference is that cost.
+    """
     from tests.asterisk.pbx import Asterisk
 
     wd: Path = ctx["workdir"]
     db_url = procs.run(ctx["db"].create("bench_pbx"))
-    calls = [(f"+4475{tag:02d}{i:06d}", mix[i % len(mix)]) for i in range(n)]
+    context = VARIANTS[variant]
+    plans = [[(f"+4475{tag:02d}{b * n + i:06d}", mix[i % len(mix)]) for i in range(n)]
+             for b in range(batches)]
     profile = ctx.get("pbx_profile")
-    spy_out = Path(profile) / f"pbx-{n}.txt" if profile else None
+    outs: list[dict[str, Any]] = []
     try:
         with procs.server("consent-ivr", wd, database_url=db_url, extra_env={
                 "CONSENT_IVR_AGI_TOKEN": TOKEN, "CONSENT_IVR_INSTANCE": f"bench-pbx-{n}"}) as srv:
             pbx = Asterisk(binary, wd / f"asterisk-{n}-{tag}", agi_port=srv.port,
-                           agi_token=TOKEN)
+                           agi_token=TOKEN,
+                           extra_dialplan=no_answered_dialplan()
+                           if context == NO_ANSWERED_CONTEXT else "")
             pbx.write_config()
             # notices and warnings only: a verbose log would be the PBX's work, not the call's
             (pbx.etc / "logger.conf").write_text(
                 "[general]\ndateformat = %F %T.%3q\n[logfiles]\nfull => notice,warning,error\n")
             pbx.start(configure=False)
             try:
-                rss0 = _status(srv.pid, "VmRSS").get("VmRSS", 0)
+                log_at = srv.log.stat().st_size
 
-                async def main() -> dict[str, Any]:
+                async def main() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+                    nonlocal log_at
+                    got = []
                     try:
-                        return await _drive(pbx, srv.pid, calls, 3.0 if n > 10 else 1.0,
-                                            spy_out)
+                        await _filter_events(pbx)
+                        for b, calls in enumerate(plans):
+                            spy_out = (Path(profile) / f"pbx-{n}-{variant.split()[0]}-{b}.txt"
+                                       if profile else None)
+                            rss0 = _status(srv.pid, "VmRSS").get("VmRSS", 0)
+                            res = await _drive(pbx, srv.pid, calls, 3.0 if n > 10 else 1.0,
+                                               spy_out, context)
+                            cmds, log_at = _commands_per_call(srv.log, log_at)
+                            got.append((res, {"server_rss_before_kib": rss0,
+                                              "agi_commands_per_call": cmds,
+                                              **({"py_spy_raw": str(spy_out)}
+                                                 if spy_out else {})}))
                     finally:
                         await pbx.close_ami()
+                    return got
 
-                got = asyncio.run(main())
+                batches_got = asyncio.run(main())
                 apid = pbx.proc.pid if pbx.proc else 0
                 mem = {"asterisk_hwm_kib": _status(apid, "VmHWM").get("VmHWM"),
                        "server_hwm_kib": _status(srv.pid, "VmHWM").get("VmHWM"),
-                       "server_rss_before_kib": rss0,
                        "server_rss_after_kib": _status(srv.pid, "VmRSS").get("VmRSS")}
             finally:
                 pbx.stop()
-        ledger = procs.run(_ledger(db_url, [c for c, _ in calls]))
+        ledger = procs.run(_ledger(db_url, [c for calls in plans for c, _ in calls]))
     finally:
         procs.run(ctx["db"].drop(db_url))
+    for b, (calls, (got, extra)) in enumerate(zip(plans, batches_got, strict=True)):
+        outs.append({"variant": variant, "batch": b,
+                     **_figures(n, mix, calls, got, ledger, {**mem, **extra})})
+    return outs
+
+
+def _figures(n: int, mix: Sequence[str], calls: Sequence[tuple[str, str]],
+             got: dict[str, Any], ledger: dict[str, list[tuple[int, str]]],
+             mem: dict[str, Any]) -> dict[str, Any]:
+    """One batch's figures: CPU per call of each process, the share, memory, failures."""
     failed = _failures(calls, got.pop("records"), ledger)
     (ast_u, ast_s), (ivr_u, ivr_s) = got["asterisk_cpu"], got["server_cpu"]
     ast, ivr, pg = ast_u + ast_s, ivr_u + ivr_s, got["postgres_cpu_s"]
     peaks = got.pop("peaks")
-    out = {
+    return {
         "calls": n, "mix": list(mix), "failed": len(failed), "failures": failed[:50],
         "peak_live_calls": peaks["live_calls"], "wall_s": got["wall_s"],
         "asterisk_ms_per_call": round(1e3 * ast / n, 2),
@@ -299,9 +375,6 @@ def level(ctx: dict[str, Any], binary: Any, n: int, tag: int,
         "server_idle_ms_per_s": got["server_idle_ms_per_s"],
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    if spy_out is not None:
-        out["py_spy_raw"] = str(spy_out)
-    return out
 
 
 def run(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -312,13 +385,22 @@ def run(ctx: dict[str, Any]) -> dict[str, Any]:
     except Unavailable as exc:
         return {"available": False, "reason": f"real-Asterisk tier: {exc}"}
     levels = ctx.get("pbx_levels") or ([10] if ctx["quick"] else list(LEVELS))
+    batches = max(1, int(ctx.get("pbx_batches") or 1))
     out: dict[str, Any] = {"asterisk": str(binary.path), "into_s": INTO, "levels": []}
+    tag = 10
     for k, n in enumerate(levels):
-        res = level(ctx, binary, n, 10 + k)
-        out["levels"].append(res)
-        print(f"  .. pbx {n} calls: Asterisk {res['asterisk_ms_per_call']} ms/call, "
-              f"consent-ivr {res['server_ms_per_call']} ms/call "
-              f"({res['server_share_pct']} %), PostgreSQL {res['postgres_ms_per_call']} "
-              f"ms/call, peak live {res['peak_live_calls']}, failed {res['failed']}",
-              file=sys.stderr, flush=True)
+        variants = list(VARIANTS) if ctx.get("pbx_ab") else ["kit"]
+        if k % 2:  # A/B, B/A, ...: neither side always runs first
+            variants.reverse()
+        for variant in variants:
+            for res in level(ctx, binary, n, tag, variant=variant, batches=batches):
+                out["levels"].append(res)
+                print(f"  .. pbx {n} calls ({variant}, batch {res['batch'] + 1}): Asterisk "
+                      f"{res['asterisk_ms_per_call']} ms/call, consent-ivr "
+                      f"{res['server_ms_per_call']} ms/call ({res['server_share_pct']} %), "
+                      f"{res['agi_commands_per_call']} AGI commands/call, PostgreSQL "
+                      f"{res['postgres_ms_per_call']} ms/call, peak live "
+                      f"{res['peak_live_calls']}, failed {res['failed']}",
+                      file=sys.stderr, flush=True)
+            tag += 1
     return out

@@ -496,7 +496,9 @@ def pbx_rows(px: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     rows = []
     for r in px["levels"]:
         rows.append((
-            f"6. {r['calls']} real calls through Asterisk",
+            f"6. {r['calls']} real calls through Asterisk"
+            + (f" ({r['variant']})" if r.get("variant", "kit") != "kit" else "")
+            + (f", batch {r['batch'] + 1}" if r.get("batch") else ""),
             f"consent-ivr {_f(r['server_share_pct'])} % of Asterisk's CPU",
             f"CPU/call: Asterisk {_f(r['asterisk_ms_per_call'])} ms, consent-ivr "
             f"{r['server_ms_per_call']} ms (user {r['server_user_sys_ms_per_call'][0]} + "
@@ -525,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pbx-profile", type=Path, metavar="DIR",
                         help="part 6: record consent-ivr with py-spy at each level "
                              "(raw stacks in DIR/pbx-N.txt)")
+    parser.add_argument("--pbx-ab", action="store_true",
+                        help="part 6: each level also through the kit without answered=1 "
+                             "(the flow sends ANSWER), in the same run")
+    parser.add_argument("--pbx-batches", type=int, default=1, metavar="K",
+                        help="part 6: K batches of N calls on the same server and PBX, each "
+                             "measured (the first pays the server's start-up)")
     parser.add_argument("--output", type=Path, default=procs.RESULTS / "latest.json")
     args = parser.parse_args(argv)
     nofile = procs.raise_nofile()
@@ -535,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx: dict[str, Any] = {"quick": args.quick, "think_ms": args.think_ms,
                            "rounds": args.rounds or (1 if args.quick else 2),
                            "targets": args.targets, "pbx_levels": args.pbx_levels,
-                           "pbx_profile": args.pbx_profile,
+                           "pbx_profile": args.pbx_profile, "pbx_ab": args.pbx_ab,
+                           "pbx_batches": args.pbx_batches,
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                               "nofile_limit": nofile,

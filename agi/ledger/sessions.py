@@ -85,6 +85,8 @@ class CallSessions:
         self._ends: dict[str, tuple[str, datetime]] = {}
         self._flushed: set[str] = set()  # written as in progress, end not written yet
         self._lock = asyncio.Lock()
+        #: something is queued: :meth:`run` sleeps until then instead of polling
+        self._queued = asyncio.Event()
 
     # -- hooks the server calls (synchronous, never raise)
     #
@@ -95,6 +97,7 @@ class CallSessions:
         env = call.env
         self._starts.append((call.call_id, call.route or "/", env.uniqueid, env.channel_name,
                              env.callerid, env.calleridname, peer, call.started_at))
+        self._queued.set()
         if len(self._starts) > self.MAX_QUEUED:
             self._starts.popleft()
             log.warning("call_sessions_dropped", reason="queue_full")
@@ -102,17 +105,30 @@ class CallSessions:
     def finished(self, call: SessionCall) -> None:
         ends = self._ends
         ends[call.call_id] = (call.outcome, datetime.now(UTC))
+        self._queued.set()
         if len(ends) > self.MAX_QUEUED:
             ends.pop(next(iter(ends)))
 
     # -- background work
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Flush every ``interval`` until ``stop``; then a last flush."""
+        """Flush ``interval`` after a call queued something, until ``stop``; then a last flush.
+
+        With nothing queued it sleeps rather than polls: five wakeups a second were most
+        of an idle server's CPU (~1.5 ms a second, benchmark part 6: ~1 ms a call at 50
+        calls of ~50 s). A start is still written within ``interval``; a flush that
+        failed (database down) keeps its rows queued and is retried every ``interval``.
+        """
+        queued = self._queued
         while not stop.is_set():
+            if not queued.is_set():
+                await _either(stop, queued)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
+            queued.clear()  # before the flush: a call queueing meanwhile sets it again
             await self.flush()
+            if self._starts or self._ends:  # not written (outage): try again
+                queued.set()
         await self.flush()
 
     async def flush(self) -> None:
@@ -277,3 +293,13 @@ async def recover_at_start(ledger: Ledger, journal: Journal, sessions: CallSessi
         await sessions.recover()
     except Exception as exc:  # noqa: BLE001 - serving matters more than bookkeeping
         log.warning("call_recovery_failed", error=error_summary(exc))
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Wait until ``a`` or ``b`` is set."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

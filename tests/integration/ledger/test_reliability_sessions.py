@@ -138,6 +138,42 @@ async def test_run_flushes_until_stopped(pool: Any) -> None:
     assert await pool.fetchval("SELECT state FROM call_session") == "finished"
 
 
+async def test_run_sleeps_while_nothing_is_queued_and_retries_a_failed_flush(
+        pool: Any, db_url: str) -> None:
+    import asyncpg
+
+    flushes: list[int] = []
+
+    class Counting(CallSessions):
+        async def flush(self) -> None:
+            flushes.append(len(self._starts) + len(self._ends))
+            await super().flush()
+
+    s = Counting(pool, instance="i1", interval=0.01, timeout=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(s.run(stop))
+    for _ in range(20):  # twenty intervals and more with no call: no flush at all
+        await asyncio.sleep(0.01)
+    assert flushes == []
+    broken = await asyncpg.create_pool(db_url, min_size=0, max_size=1)
+    await broken.close()
+    s.pool = broken  # the database is down: the queued start is kept and tried again
+    s.started(FakeCall("5.2"), "p")
+    for _ in range(200):
+        if len(flushes) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert flushes[:2] == [1, 1]
+    s.pool = pool
+    for _ in range(200):
+        if await pool.fetchval("SELECT count(*) FROM call_session"):
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    assert await pool.fetchval("SELECT state FROM call_session") == "in_progress"
+
+
 @pytest.mark.parametrize("n", [500])
 async def test_many_calls_cost_two_statements(pool: Any, n: int) -> None:
     s = CallSessions(pool, instance="i1")
