@@ -524,7 +524,7 @@ def test_ami_user_has_exactly_the_least_privilege() -> None:
     assert {p.strip() for v in user.get("read") for p in v.split(",")} == {"call"}
     assert {p.strip() for v in user.get("write") for p in v.split(",")} == {
         "originate",
-        "reporting",  # CoreShowChannels after a reconnect (agi/outbound/dialer.py)
+        "reporting",  # CoreShowChannels after a reconnect (agi/outbound/ami.py, dialer.py)
     }
     keys = [i.key for i in user.items]
     assert keys.index("deny") < keys.index("permit"), "deny all first, then permit"
