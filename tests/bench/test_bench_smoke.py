@@ -116,7 +116,7 @@ def test_pbx_part_prices_real_calls(pg_root_url: str, tmp_path: object) -> None:
     db = procs.Database()
     db.root_url = pg_root_url
     ctx = {"quick": True, "workdir": Path(str(tmp_path)), "db": db}
-    res = pbx.level(ctx, binary, 2, 99, mix=("opt_out",))
+    [res] = pbx.level(ctx, binary, 2, 99, mix=("opt_out",))  # one batch
     print("\n".join(" | ".join(row) for row in pbx_rows({"levels": [res]})))
     assert res["failed"] == 0, res["failures"]
     assert res["peak_live_calls"] == 2
