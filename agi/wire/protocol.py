@@ -455,6 +455,12 @@ class ReplyParser:
 
     def feed(self, data: bytes) -> list[Reply | HangupNotice]:
         """Add bytes; return every complete event they finish, in order."""
+        if (data and not self._buf and self._usage is None and data.find(b"\n") == len(data) - 1
+                and len(data) <= self._max):
+            # the common read: one whole line (Asterisk writes a reply in one go), parsed
+            # without the buffer copy and the generator of the general path
+            event = self._line(data[:-1].decode("utf-8", errors="replace").removesuffix("\r"))
+            return [] if event is None else [event]
         self._buf += data
         return list(self._drain())
 

@@ -188,6 +188,29 @@ def test_reply_format_parse_round_trip(lines, cuts: list[int]) -> None:
     parser.feed_eof()
 
 
+@FUZZ
+@given(lines=st.lists(reply_lines(), max_size=12), max_line=st.integers(8, 200))
+def test_one_line_per_read_parses_as_the_general_path(lines, max_line: int) -> None:
+    """A read holding exactly one line takes ReplyParser's fast path: the same events, the
+    same errors (line limit, 520 blocks, HANGUP) as the same bytes fed as one chunk."""
+    stream = b"".join(data for data, _ in lines)
+    reads = [ln + b"\n" for ln in stream.split(b"\n")[:-1]]
+
+    def run(chunks: list[bytes]) -> tuple[list[tuple], str | None]:
+        parser, out = ReplyParser(max_line=max_line), []
+        try:
+            for chunk in chunks:
+                out += [as_tuple(e) for e in parser.feed(chunk)]
+        except ProtocolError as exc:
+            return out, str(exc)
+        return out, None
+
+    (one_by_one, error), (whole, whole_error) = run(reads), run([stream])
+    assert error == whole_error
+    if error is None:  # (a feed that raises returns nothing of that read)
+        assert one_by_one == whole == [expected for _, expected in lines]
+
+
 # --------------------------------------------------------------------------- encoder
 
 
