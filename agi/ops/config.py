@@ -147,7 +147,11 @@ class Settings:
             values[f.name] = value
         for name in ("data_dir", "journal_dir"):
             if name in values:  # one place, whatever the working directory becomes later
-                values[name] = values[name].expanduser().absolute()
+                try:
+                    values[name] = values[name].expanduser().absolute()
+                except RuntimeError:  # "~user" of no such user
+                    raise ConfigError(f"CONSENT_IVR_{name.upper()}: {str(values[name])!r}: "
+                                      "no such user's home directory") from None
         if "journal_dir" not in values:
             values["journal_dir"] = values.get("data_dir", defaults.data_dir) / "journal"
         settings = replace(defaults, **values)

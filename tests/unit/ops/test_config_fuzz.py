@@ -67,6 +67,13 @@ def test_any_environment_is_valid_or_one_config_error(env: dict[str, str]) -> No
         assert cidr.strip()
 
 
+@pytest.mark.parametrize("name", ["CONSENT_IVR_DATA_DIR", "CONSENT_IVR_JOURNAL_DIR"])
+def test_a_home_of_no_such_user_is_one_config_error(name: str) -> None:
+    # hypothesis found "~0": pathlib raises RuntimeError for a user it cannot find
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: "~no-such-user-0/x"})
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "0", "-3"])
 def test_header_timeout_must_be_finite_and_positive(value: str) -> None:
     with pytest.raises(ConfigError, match="CONSENT_IVR_HEADER_TIMEOUT"):
