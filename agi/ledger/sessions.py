@@ -1,5 +1,4 @@
-"""Call sessions: which calls are in progress, kept in ``call_session`` so a crash leaves a trace.
-"""
+"""Call sessions: which calls are in progress, kept in ``call_session`` so a crash leaves a mark."""
 
 from __future__ import annotations
 
@@ -49,8 +48,6 @@ class SessionCall(Protocol):
 #: a started call as :class:`CallSessions` queues it: call id, route, uniqueid, channel
 #: name, caller ID number and name (as Asterisk sent them), peer, started_at
 _Start = tuple[str, str, str, str, str, str, str, datetime]
-
-
 
 
 class CallSessions:

@@ -71,6 +71,7 @@ class AGIServer:
         self._active_calls = 0
         self._networks = settings.allow_networks
         self._stopping = asyncio.Event()
+        self._drained = False  # a drain that finished: a second one has nothing to do
         self.calls_total = 0
         self.refused_total = 0
 
@@ -109,8 +110,11 @@ class AGIServer:
 
         A call cut short keeps ``CONSENT_RESULT=error`` (every flow sets it first and
         overwrites it only once its outcome is certain), and its socket is closed, so
-        Asterisk stops the prompt at once and the dialplan says goodbye.
+        Asterisk stops the prompt at once and the dialplan says goodbye. Once a drain has
+        finished, another (``serve``'s shutdown phase after the normal drain) returns at once.
         """
+        if self._drained:
+            return
         timeout = self.settings.drain_timeout if timeout is None else timeout
         self._stopping.set()
         if self._server is not None:
@@ -126,6 +130,7 @@ class AGIServer:
                 log.warning("agi_calls_cut_short", calls=len(still))
         if self._server is not None:
             await self._server.wait_closed()
+        self._drained = True
         log.info("agi_stopped")
 
     # ----------------------------------------------------------------- per connection
