@@ -1,6 +1,6 @@
 """Route ``marketing``: re-check consent, identify, offer the opt-out, play — or play nothing.
 
-``AGI(agi://host:4573/marketing?campaign=ID&attempt=N)``, run by the ``consent-outbound``
+``AGI(agi://host:4573/marketing?campaign=ID&attempt=N&answered=1)``, run by the ``consent-outbound``
 dialplan context on calls the dialer originated (``attempt`` is the ``dial_attempt`` id; the
 number called comes from it, never from what the channel claims).  Without ``attempt`` the
 number is the caller ID (a test line, an inbound "hear our offers" number).
@@ -213,7 +213,10 @@ class MarketingFlow:
             campaign = ctx.campaign
             assert campaign is not None
             key = campaign.opt_out_key
-            await ch.answer()
+            # The kit's consent-outbound Answer()s (a no-op on the dialer's call, which is
+            # up) and says so with answered=1: an ANSWER then would be a wasted round trip
+            if call.params.get("answered") != "1":
+                await ch.answer()
             # Identification first, the opt-out offer straight after it: the key works
             # throughout, so the caller can stop the call during either.
             for step in ("marketing-identify", "marketing-opt-out-instructions"):

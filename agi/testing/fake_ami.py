@@ -314,7 +314,7 @@ class OutboundDialplan:
     As ``dialplan/extensions_consent.conf`` does: no ``CONSENT_CAMPAIGN`` → no AGI (the
     dialplan goes to ``consent-fallback``); otherwise
     ``AGI(agi://host:port/marketing?campaign=${CONSENT_CAMPAIGN}&attempt=${CONSENT_ATTEMPT}
-    [&token=…])`` on the channel the fake AMI reported (same name and uniqueid as its
+    &answered=1[&token=…])`` on the channel the fake AMI reported (same name and uniqueid as its
     ``Newchannel``/``OriginateResponse``/``Hangup`` events), with the presented caller ID.
     The callee's keys come from ``presses(number)``; ``records`` keeps each call's record by
     uniqueid.  The fake AMI emits the ``Hangup`` once the AGI is over.
@@ -338,7 +338,7 @@ class OutboundDialplan:
             return
         if self.before_agi is not None:
             await self.before_agi(ch)
-        script = f"marketing?campaign={campaign}&attempt={attempt}"
+        script = f"marketing?campaign={campaign}&attempt={attempt}&answered=1"
         if self.token:
             script += f"&token={self.token}"
         number, name = _caller_id(ch.caller_id)

@@ -235,6 +235,8 @@ def test_answered_call_runs_the_marketing_route_and_plays_the_campaign(
     assert first.last("CONSENT_RESULT") == "played", first.summary()
     assert first.contexts()[-1] == "consent-outbound"  # and no fallback after it
     assert "consent-ivr/campaign-demo" in first.prompts_streamed()
+    # the kit answered (a no-op on an originated call) and said answered=1: no ANSWER
+    assert ["ANSWER"] not in first.agi_commands(), first.agi
     plays = [p for p in outbound["marketing_play"] if p["consent_verified"]]
     assert len(plays) >= 2  # this number's (campaigns A and B), and the 9-presser's (cut short)
     # the calls run concurrently: pick this number's rows, not the first one stored

@@ -189,8 +189,8 @@ def test_agi_urls_hit_the_server_routes_with_the_token(kit: Dialplan) -> None:
             "${CONSENT_AGI}/consent?purpose=marketing-calls&method=agent_transfer&" + linked
             + token,
         ("consent-outbound", "s"):
-            "${CONSENT_AGI}/marketing?campaign=${CONSENT_CAMPAIGN}&attempt=${CONSENT_ATTEMPT}&"
-            + token,
+            "${CONSENT_AGI}/marketing?campaign=${CONSENT_CAMPAIGN}&attempt=${CONSENT_ATTEMPT}"
+            "&answered=1&" + token,
     }
 
 
@@ -374,8 +374,7 @@ def test_agi_says_answered_only_after_the_kit_answered(
     for url, answered in zip(w.agi, w.agi_on_answered, strict=True):
         if "answered=1" in url:
             assert answered, f"{context},{exten}: {url} before any Answer()"
-    if context != "consent-outbound":  # the dialer's call is up, its route answers anyway
-        assert all("answered=1" in url for url in w.agi), w.agi
+    assert all("answered=1" in url for url in w.agi), w.agi
 
 
 def test_inbound_without_server_address_does_not_call_agi(plan: Dialplan) -> None:
@@ -396,7 +395,7 @@ def test_outbound_finished_marketing_route_just_ends(plan: Dialplan, result: str
     agi = {"AGISTATUS": "SUCCESS", "CONSENT_RESULT": result}
     w = walk(plan, "consent-outbound", "s", OUTBOUND, agi)
     assert w.ended == "hangup in consent-outbound" and w.played == []
-    assert w.agi == ["agi://127.0.0.1:4573/marketing?campaign=winter-fix&attempt=3"
+    assert w.agi == ["agi://127.0.0.1:4573/marketing?campaign=winter-fix&attempt=3&answered=1"
                      f"&token={GLOBALS['CONSENT_AGI_TOKEN']}"]
 
 

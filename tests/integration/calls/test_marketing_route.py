@@ -55,10 +55,13 @@ class Stack:
         callingpres: str = "0",
         callerid: str = "+442079460000",
         uniqueid: str = "1700000000.1",
+        says_answered: bool = False,
     ) -> CallRecord:
         script = f"marketing?campaign={campaign or self.campaign.id}"
         if attempt is not None:
             script += f"&attempt={attempt}"
+        if says_answered:  # as the kit's consent-outbound does, after its Answer()
+            script += "&answered=1"
         fake = FakeAsterisk(
             "127.0.0.1", self.server.port, network_script=script, answered=True,
             callerid=callerid, uniqueid=uniqueid, channel="PJSIP/trunk-00000001",
@@ -140,6 +143,22 @@ async def test_opted_in_number_hears_identification_offer_and_campaign(stack: St
     assert await stack.pool.fetchval(
         "SELECT result FROM dial_attempt WHERE id = $1", attempt) == "played"
     assert await refused_rows(stack.pool) == []
+
+
+@pytest.mark.parametrize("says_answered", [False, True])
+async def test_answers_before_the_first_prompt_unless_the_url_says_answered(
+    stack: Stack, says_answered: bool
+) -> None:
+    await consent(stack.ledger, NUMBER)
+    record = await stack.call(attempt=await stack.dialled(), says_answered=says_answered)
+    assert record.variables["CONSENT_RESULT"] == "played"
+    answers = [i for i, c in enumerate(record.commands) if c == "ANSWER"]
+    if says_answered:  # the kit answered: an ANSWER would be a round trip that does nothing
+        assert answers == [], record.commands
+    else:
+        [first_stream] = order(record, "STREAM FILE")
+        assert answers and answers[0] < first_stream, record.commands
+    assert prompts(record) == [*MARKETING, "campaign-demo", "goodbye"]
 
 
 # ------------------------------------------------------------------------- opt-out key

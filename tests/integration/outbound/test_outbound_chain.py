@@ -272,7 +272,7 @@ async def test_only_opted_in_numbers_are_originated_and_hear_the_campaign(chain:
         [hangup] = [e for e in ami.events_named("Hangup") if e["Uniqueid"] == uid]
         assert new["Channel"] == hangup["Channel"]
         assert chain.dialplan.scripts[uid] == (
-            f"marketing?campaign={campaign.id}&attempt={attempt['id']}&token={TOKEN}")
+            f"marketing?campaign={campaign.id}&attempt={attempt['id']}&answered=1&token={TOKEN}")
         record = chain.dialplan.records[uid]
         assert record.errors == []
         assert heard(record) == PLAYED
