@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -140,15 +139,6 @@ def _postgres_private_kib() -> int | None:
     return sum(_status(p, "RssAnon").get("RssAnon", 0) for p in pids)
 
 
-def _py_spy() -> str:
-    """py-spy (``pip install py-spy``): next to this Python, else on PATH."""
-    here = Path(sys.executable).parent / "py-spy"
-    found = str(here) if here.exists() else shutil.which("py-spy")
-    if found is None:
-        raise RuntimeError("--pbx-profile wants py-spy: pip install py-spy")
-    return found
-
-
 def _cpu(pid: int) -> float:
     u, s = procs.cpu_split(pid)
     return u + s
@@ -209,7 +199,7 @@ async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
     spy = None
     if profile is not None:
         spy = subprocess.Popen(
-            [_py_spy(), "record", "--pid", str(server_pid), "--rate", "200", "--nonblocking",
+            [procs.py_spy(), "record", "--pid", str(server_pid), "--rate", "200", "--nonblocking",
              "--format", "raw", "--output", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     a0, s0, p0 = procs.cpu_split(apid), procs.cpu_split(server_pid), procs.postgres_cpu_seconds()

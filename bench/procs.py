@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,16 @@ from agi.ops.config import repo_root
 
 ROOT = repo_root()
 RESULTS = ROOT / "bench" / "results"
+
+
+def py_spy() -> str:
+    """py-spy (``pip install py-spy``), for ``--sessions-profile`` and ``--pbx-profile``:
+    next to this Python, else on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("a py-spy profile wants py-spy: pip install py-spy")
+    return found
 
 
 def free_port() -> int:

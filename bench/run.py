@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import procs, spyreport
 
 PARTS = ("sessions", "instructions", "hold", "storm", "screen", "pacing", "pbx")
 SERVERS = ("consent-ivr", "consent-ivr-asyncio", "raw", "raw-uvloop", "panoramisk",
@@ -159,14 +159,29 @@ def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url
     """One closed-loop window against a fresh ``target`` server."""
     duration, warmup = (3.0, 1.0) if ctx["quick"] else (8.0, 2.0)
     env_url = db_url if target.startswith("consent-ivr") or "-db" in target else None
+    profile: Path | None = ctx.get("sessions_profile")
+    spy_out = None
+    if profile is not None and target == "consent-ivr" and conc == 200 and not think:
+        profile.mkdir(parents=True, exist_ok=True)
+        spy_out = profile / f"sessions-200-{len(list(profile.glob('sessions-200-*.txt'))) + 1}.txt"
     with procs.server(target, ctx["workdir"], database_url=env_url, templates=tpl_file) as srv:
         cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
                "templates": templates, "concurrency": conc, "think_ms": think,
                "duration_s": duration, "warmup_s": warmup, "ramp_s": min(2.0, conc / 500)}
         cfg["warmup_s"] = max(warmup, cfg["ramp_s"] + 0.5)
+        spy = None if spy_out is None else subprocess.Popen(
+            [procs.py_spy(), "record", "--pid", str(srv.pid), "--rate", "200", "--nonblocking",
+             "--format", "raw", "--output", str(spy_out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         res, cpu = measure_window(
             srv.pid, lambda: procs.loadgen(cfg), cfg["warmup_s"], duration)
+        if spy is not None:
+            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            spy.wait(60)
     res.update(cpu)
+    if spy_out is not None and spy_out.exists():
+        res["py_spy_raw"] = str(spy_out)
+        _progress(spyreport.report(spy_out))
     if res["calls_per_s"]:
         # CPU per session: steadier than the rate when the machine is shared
         res["server_cpu_us_per_call"] = round(cpu["server_cpu_pct"] * 1e4 / res["calls_per_s"])
@@ -527,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pbx-profile", type=Path, metavar="DIR",
                         help="part 6: record consent-ivr with py-spy at each level "
                              "(raw stacks in DIR/pbx-N.txt)")
+    parser.add_argument("--sessions-profile", type=Path, metavar="DIR",
+                        help="part 1: record consent-ivr with py-spy in each 200-channel "
+                             "closed-loop round (raw stacks in DIR/sessions-200-K.txt, "
+                             "itemised by python -m bench.spyreport)")
     parser.add_argument("--pbx-ab", action="store_true",
                         help="part 6: each level also through the kit without answered=1 "
                              "(the flow sends ANSWER), in the same run")
@@ -544,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                            "rounds": args.rounds or (1 if args.quick else 2),
                            "targets": args.targets, "pbx_levels": args.pbx_levels,
                            "pbx_profile": args.pbx_profile, "pbx_ab": args.pbx_ab,
+                           "sessions_profile": args.sessions_profile,
                            "pbx_batches": args.pbx_batches,
                            "workdir": Path(tempfile.mkdtemp(prefix="consent-ivr-bench-"))}
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick,

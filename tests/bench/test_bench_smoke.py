@@ -146,3 +146,28 @@ def test_pbx_part_names_every_call_not_as_scripted() -> None:
     assert failed[0]["why"] == ["CONSENT_RESULT='opted_out'", "ledger holds ['opt_out']"]
     assert failed[1]["why"] == ["ledger holds []"]
     assert "did not end" in failed[2]["why"][0]
+
+
+def test_spyreport_puts_each_sample_in_the_component_that_owns_it() -> None:
+    from bench.spyreport import itemise
+
+    root = "_run_code (<frozen runpy>:88);Runner.run (asyncio/runners.py:118)"
+    lines = [
+        f"{root} 40",  # the loop itself, no Python frame under it
+        "AGIChannel.command (agi/wire/channel.py:332);AGIStream.write (agi/wire/channel.py:204) 30",
+        "AGIChannel.command (agi/wire/channel.py:332) 5",
+        # bookkeeping owns its database writes; elsewhere asyncpg's own frames count as asyncpg
+        f"{root};CallSessions._write (agi/ledger/sessions.py:90);"
+        "Pool.execute (asyncpg/pool.py:1) 7",
+        f"{root};Ledger._decision_group (agi/ledger/ledger.py:285);"
+        "Pool.fetch (asyncpg/pool.py:746) 9",
+        "AGIServer._session (agi/server/fastagi.py:250);meth (structlog/_native.py:171) 6",
+        "garbage line without a count",
+        "",
+    ]
+    total, parts = itemise(lines)
+    assert total == 97
+    got = {name.split(":")[0].split(",")[0]: n for name, n in parts}
+    assert got == {"event loop": 40, "write system call": 30, "AGI channel": 5,
+                   "call bookkeeping (call_session rows)": 7, "asyncpg": 9,
+                   "the call_finished log line": 6}
