@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -196,29 +195,23 @@ async def _drive(pbx: Any, server_pid: int, calls: Sequence[tuple[str, str]],
     idle = {"asterisk_idle_ms_per_s": round(1e3 * (_cpu(apid) - a0) / idle_s, 2),
             "server_idle_ms_per_s": round(1e3 * (_cpu(server_pid) - s0) / idle_s, 2)}
     sampler = _Sampler(pbx, apid, server_pid)
-    spy = None
-    if profile is not None:
-        spy = subprocess.Popen(
-            [procs.py_spy(), "record", "--pid", str(server_pid), "--rate", "200", "--nonblocking",
-             "--format", "raw", "--output", str(profile)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    a0, s0, p0 = procs.cpu_split(apid), procs.cpu_split(server_pid), procs.postgres_cpu_seconds()
-    t0 = time.monotonic()
-    sampling = asyncio.create_task(sampler.run())
-    try:
-        done = await asyncio.gather(
-            *(pbx.call(cid, caller_script(kind, timeline), timeout=240, context=context)
-              for cid, kind in calls),
-            return_exceptions=True)
-    finally:
-        sampling.cancel()
-    await asyncio.sleep(1.0)  # the last calls' ledger writes and log lines
-    wall = time.monotonic() - t0
-    a1, s1, p1 = procs.cpu_split(apid), procs.cpu_split(server_pid), procs.postgres_cpu_seconds()
-    sampler.sample()
-    if spy is not None:
-        spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
-        spy.wait(60)
+    with procs.py_spy_recording(server_pid, profile):
+        a0, s0 = procs.cpu_split(apid), procs.cpu_split(server_pid)
+        p0 = procs.postgres_cpu_seconds()
+        t0 = time.monotonic()
+        sampling = asyncio.create_task(sampler.run())
+        try:
+            done = await asyncio.gather(
+                *(pbx.call(cid, caller_script(kind, timeline), timeout=240, context=context)
+                  for cid, kind in calls),
+                return_exceptions=True)
+        finally:
+            sampling.cancel()
+        await asyncio.sleep(1.0)  # the last calls' ledger writes and log lines
+        wall = time.monotonic() - t0
+        a1, s1 = procs.cpu_split(apid), procs.cpu_split(server_pid)
+        p1 = procs.postgres_cpu_seconds()
+        sampler.sample()
     # (user, system) seconds of each: its own code, and the kernel's work for it
     return {"records": done, "wall_s": round(wall, 1),
             "asterisk_cpu": (a1[0] - a0[0], a1[1] - a0[1]),

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,14 +27,32 @@ ROOT = repo_root()
 RESULTS = ROOT / "bench" / "results"
 
 
-def py_spy() -> str:
-    """py-spy (``pip install py-spy``), for ``--sessions-profile`` and ``--pbx-profile``:
-    next to this Python, else on PATH."""
+def _py_spy() -> str:
+    """py-spy (``pip install py-spy``): next to this Python, else on PATH."""
     here = Path(sys.executable).parent / "py-spy"
     found = str(here) if here.exists() else shutil.which("py-spy")
     if found is None:
         raise RuntimeError("a py-spy profile wants py-spy: pip install py-spy")
     return found
+
+
+@contextlib.contextmanager
+def py_spy_recording(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy records ``pid`` while the block runs (raw stacks, 200 Hz, into ``out``), for
+    ``--sessions-profile`` and ``--pbx-profile``; with ``out`` None, nothing is recorded."""
+    if out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [_py_spy(), "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+         "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        spy.wait(60)
 
 
 def free_port() -> int:

@@ -162,22 +162,15 @@ def _session_run(ctx: dict[str, Any], target: str, conc: int, think: int, db_url
     profile: Path | None = ctx.get("sessions_profile")
     spy_out = None
     if profile is not None and target == "consent-ivr" and conc == 200 and not think:
-        profile.mkdir(parents=True, exist_ok=True)
         spy_out = profile / f"sessions-200-{len(list(profile.glob('sessions-200-*.txt'))) + 1}.txt"
     with procs.server(target, ctx["workdir"], database_url=env_url, templates=tpl_file) as srv:
         cfg = {"mode": "closed_loop", "host": "127.0.0.1", "port": srv.port,
                "templates": templates, "concurrency": conc, "think_ms": think,
                "duration_s": duration, "warmup_s": warmup, "ramp_s": min(2.0, conc / 500)}
         cfg["warmup_s"] = max(warmup, cfg["ramp_s"] + 0.5)
-        spy = None if spy_out is None else subprocess.Popen(
-            [procs.py_spy(), "record", "--pid", str(srv.pid), "--rate", "200", "--nonblocking",
-             "--format", "raw", "--output", str(spy_out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        res, cpu = measure_window(
-            srv.pid, lambda: procs.loadgen(cfg), cfg["warmup_s"], duration)
-        if spy is not None:
-            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
-            spy.wait(60)
+        with procs.py_spy_recording(srv.pid, spy_out):
+            res, cpu = measure_window(
+                srv.pid, lambda: procs.loadgen(cfg), cfg["warmup_s"], duration)
     res.update(cpu)
     if spy_out is not None and spy_out.exists():
         res["py_spy_raw"] = str(spy_out)

@@ -74,7 +74,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bench.spyreport FILE...", file=sys.stderr)
         return 2
     for arg in argv:
-        print(report(Path(arg)))
+        try:
+            print(report(Path(arg)))
+        except OSError as exc:
+            print(f"{arg}: cannot read it: {exc.strerror}", file=sys.stderr)
+            return 2
     return 0
 
 
