@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from agi.ledger.decisions import replay_journal
 from agi.ledger.journal import Journal
 from agi.ledger.ledger import Ledger
 from agi.ops.logs import error_summary
+from agi.ops.signals import wait_any
 
 if TYPE_CHECKING:
     from agi.ops.metrics import Metrics
@@ -119,9 +119,8 @@ class CallSessions:
         queued = self._queued
         while not stop.is_set():
             if not queued.is_set():
-                await _either(stop, queued)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                await wait_any(stop, queued)
+            await wait_any(stop, timeout=self.interval)
             queued.clear()  # before the flush: a call queueing meanwhile sets it again
             await self.flush()
             if self._starts or self._ends:  # not written (outage): try again
@@ -290,13 +289,3 @@ async def recover_at_start(ledger: Ledger, journal: Journal, sessions: CallSessi
         await sessions.recover()
     except Exception as exc:  # noqa: BLE001 - serving matters more than bookkeeping
         log.warning("call_recovery_failed", error=error_summary(exc))
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    """Wait until ``a`` or ``b`` is set."""
-    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

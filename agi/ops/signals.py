@@ -15,7 +15,7 @@ import signal
 
 import structlog
 
-__all__ = ["StopSignals"]
+__all__ = ["StopSignals", "wait_any"]
 
 log = structlog.get_logger("agi.ops.signals")
 
@@ -41,3 +41,17 @@ class StopSignals:
         elif not self.now.is_set():
             log.warning("stop_now", signal=name)
             self.now.set()
+
+
+async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds have passed.
+
+    What a background loop sleeps on: its stop event and the event that brings it new work
+    (the dialer's campaign changes, the call bookkeeping's queue).
+    """
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -42,6 +42,7 @@ import structlog
 from agi.ledger.ledger import DB_UNAVAILABLE
 from agi.ops.logs import error_summary
 from agi.ops.metrics import Metrics
+from agi.ops.signals import wait_any
 from agi.outbound.ami import AmiClient, AmiError
 from agi.outbound.campaigns import Campaigns
 from agi.outbound.claims import Claims
@@ -315,13 +316,7 @@ class Dialer:
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         self._changed.clear()
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._changed.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=max(seconds, 0.0),
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await wait_any(stop, self._changed, timeout=max(seconds, 0.0))
 
     async def run_campaign(self, campaign_id: int, stop: asyncio.Event | None = None) -> str:
         """Dial one campaign until it is done (or blocked, halted, stopped). Returns why."""
